@@ -1,0 +1,42 @@
+"""The `connvo-agent` command: a click group whose subcommands live next to what they run."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from agent import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="connvo-agent")
+def cli() -> None:
+    """A headless WebRTC participant for Connvo meetings."""
+
+
+def _register_subcommands() -> None:
+    # Imported here so `connvo-agent --help` stays fast and each layer owns its own commands.
+    from agent.devserver.cli import devserver
+
+    cli.add_command(devserver)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage and config errors become one line on stderr, never a traceback."""
+    _register_subcommands()
+    try:
+        rv = cli.main(args=argv, prog_name="connvo-agent", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("connvo-agent: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"connvo-agent: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
