@@ -1,9 +1,9 @@
 """Pydantic models of Connvo's Convex HTTP API: the wire format, shared with the dev backend.
 
 Shapes follow `connvo-api-subset.yaml`. Argument models forbid extra fields, as Convex's argument
-validators do. Fields that hold a Convex document ID are annotated with `TableId("table")`: inert for
-the agent (it must not second-guess real Convex IDs), checked by the dev backend, which passes an ID
-checker in the validation context (`ID_CHECKER_CONTEXT_KEY`).
+validators do. Fields that hold a Convex document ID are annotated with `TableId("table")`:
+inert for the agent (it must not second-guess real Convex IDs), checked by the dev backend,
+which passes an ID checker in the validation context (`ID_CHECKER_CONTEXT_KEY`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ ERR_INTERNAL = "INTERNAL"
 
 
 class TableId:
-    """Marks a string field as a Convex ID of `table`; validated only when a checker is in context."""
+    """Marks a string as a Convex ID of `table`; checked only when a checker is in context."""
 
     def __init__(self, table: str) -> None:
         self.table = table
@@ -113,10 +113,16 @@ class Signal(BaseModel):
     type: SignalType
     data: SessionDescription | IceCandidate
     timestamp: float
+    # Not in the published shape: the dev backend's generation 2 adds `toUserId` (null for a
+    # broadcast). Rows without the field are treated as direct signals.
+    toUserId: str | None = None
+    broadcast: bool = False
 
     @model_validator(mode="before")
     @classmethod
     def _data_matches_type(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            raw = {**raw, "broadcast": "toUserId" in raw and raw["toUserId"] is None}
         # Pick the payload model from the outer `type`, so an "ice" row with SDP data is an error
         # instead of being silently read as the other variant.
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):

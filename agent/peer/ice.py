@@ -1,0 +1,116 @@
+"""ICE helpers: signal payloads <-> aiortc objects, and what the agent refuses to touch.
+
+The agent only ever contacts addresses that ICE needs: IP literals from candidates. Candidates whose
+address is a hostname are dropped, so nothing in an SDP or candidate can make it resolve a name or
+open anything. mDNS `.local` candidates (browsers hide host addresses behind them) are dropped too:
+aioice cannot resolve them here and waits about a second trying; the path still forms through
+peer-reflexive candidates learnt from the browser's connectivity checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+import aioice.ice
+from aiortc import RTCIceCandidate, RTCIceServer
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+
+from agent.signaling.models import IceCandidate, IceServer
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+class CandidateError(ValueError):
+    """A candidate the agent will not apply (unparsable, or not an IP address)."""
+
+
+def restrict_host_addresses(addresses: Sequence[str] | None) -> None:
+    """Gather host candidates only on these local addresses (process-wide); None restores all.
+
+    aioice offers every interface address but loopback. Tests and load runs on one machine pin it to
+    127.0.0.1 so that no packet leaves loopback; multi-homed hosts pick their media interface.
+    """
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_get_host_addresses
+        return
+    for address in addresses:
+        ipaddress.ip_address(address)  # raises ValueError on a bad address
+    fixed = list(addresses)
+
+    def pinned(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [
+            a
+            for a in fixed
+            if (use_ipv4 and ipaddress.ip_address(a).version == 4)
+            or (use_ipv6 and ipaddress.ip_address(a).version == 6)
+        ]
+
+    aioice.ice.get_host_addresses = pinned
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_candidate(payload: IceCandidate) -> RTCIceCandidate:
+    """A trickled candidate as an aiortc object; CandidateError when the agent will not apply it."""
+    text = payload.candidate.strip()
+    if text.startswith("a="):
+        text = text[2:]
+    if text.startswith("candidate:"):
+        text = text[len("candidate:") :]
+    try:
+        candidate = candidate_from_sdp(text)
+    except (AssertionError, ValueError, IndexError) as exc:
+        raise CandidateError(f"unparsable candidate: {exc or 'too few fields'}") from None
+    if candidate.protocol.lower() not in ("udp", "tcp"):
+        raise CandidateError(f"unsupported transport {candidate.protocol!r}")
+    if not is_ip_literal(candidate.ip):
+        raise CandidateError("address is not an IP literal (mDNS or hostname)")
+    if payload.sdpMid is None and payload.sdpMLineIndex is None:
+        raise CandidateError("candidate has neither sdpMid nor sdpMLineIndex")
+    candidate.sdpMid = payload.sdpMid
+    candidate.sdpMLineIndex = payload.sdpMLineIndex
+    return candidate
+
+
+def candidate_payload(candidate: RTCIceCandidate) -> IceCandidate:
+    return IceCandidate(
+        candidate=f"candidate:{candidate_to_sdp(candidate)}",
+        sdpMid=candidate.sdpMid,
+        sdpMLineIndex=candidate.sdpMLineIndex,
+    )
+
+
+_CANDIDATE_LINE = re.compile(r"^a=candidate:(\S+\s+){4}(?P<host>\S+)\s", re.ASCII)
+
+
+def sanitize_sdp(sdp: str) -> str:
+    """Drop candidate lines whose address is not an IP literal (mDNS `.local`, hostnames)."""
+    kept = []
+    for line in sdp.splitlines():
+        match = _CANDIDATE_LINE.match(line)
+        if match and not is_ip_literal(match.group("host")):
+            continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
+
+
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
+
+
+def ice_ufrags(sdp: str) -> tuple[str, ...]:
+    """The ICE username fragments of an SDP; a change means the remote restarted ICE."""
+    return tuple(_UFRAG.findall(sdp))
+
+
+def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
+    return [
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers
+    ]

@@ -1,0 +1,285 @@
+"""The session manager: routes signals to peer sessions and owns their tasks.
+
+Rules (see the README, "How the agent negotiates"):
+- a session is keyed by the remote's session id; its first signal fixes its remote user, and a later
+  signal for it from another user is rejected;
+- only an offer or an ICE candidate (which may arrive before its offer) opens a session; an
+  answer or rollback for an unknown session is acknowledged and ignored, as is a broadcast;
+- an offer from a new session of a user who already has one replaces the old session (a reload);
+- the agent's own session row at the backend reports the aggregate state of its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import MediaStreamTrack
+
+from agent.convex import ConvexError
+from agent.peer.session import (
+    LocalIdentity,
+    PeerSession,
+    PeerState,
+    SessionSettings,
+)
+from agent.signaling.api import ConnvoApi
+from agent.signaling.models import ActiveSession, MetadataValue, SessionState, Signal
+
+log = logging.getLogger(__name__)
+
+# How long a closed session's id is remembered, so its late signals are ignored, not reopened.
+CLOSED_MEMORY_S = 600.0
+# A session opened by a lone early candidate that never sees its offer is dropped after this.
+ORPHAN_TIMEOUT_S = 10.0
+
+
+@dataclass
+class ManagerSettings:
+    session: SessionSettings
+    call_everyone: bool = False
+    discovery_interval: float = 10.0
+    report_interval: float = 60.0  # refresh of the own session's metadata while nothing changes
+    min_report_gap: float = 1.0  # state reports are coalesced to at most one per this
+
+
+TrackConsumer = Callable[[PeerSession, MediaStreamTrack], Coroutine[Any, Any, None] | None]
+
+
+class SessionManager:
+    def __init__(
+        self,
+        api: ConnvoApi,
+        local: LocalIdentity,
+        settings: ManagerSettings,
+        *,
+        local_tracks: Callable[[], list[MediaStreamTrack]] = list,
+        on_track: TrackConsumer | None = None,
+        on_state: Callable[[PeerSession], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.local = local
+        self.settings = settings
+        self.sessions: dict[str, PeerSession] = {}
+        self.rejected = Counter[str]()
+        self._local_tracks = local_tracks
+        self._on_track = on_track
+        self._on_state = on_state
+        self._handled: Callable[[Signal, str], None] = lambda signal, outcome: None
+        self._kick: Callable[[], None] = lambda: None
+        self._closed: dict[str, float] = {}  # remote session id -> when it closed
+        self._seen_active: set[str] = set()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._report_wake = asyncio.Event()
+        self._reported: tuple[SessionState, int] | None = None
+        self.ready = asyncio.Event()
+
+    def bind_poller(self, handled: Callable[[Signal, str], None], kick: Callable[[], None]) -> None:
+        self._handled = handled
+        self._kick = kick
+
+    # --- SessionHooks (called by sessions) ---------------------------------------------------
+
+    def handled(self, signal: Signal, outcome: str) -> None:
+        self._handled(signal, outcome)
+
+    def kick(self) -> None:
+        self._kick()
+
+    def state_changed(self, session: PeerSession) -> None:
+        if session.state is PeerState.CLOSED:
+            self._closed[session.remote_session_id] = time.monotonic()
+            if self.sessions.get(session.remote_session_id) is session:
+                del self.sessions[session.remote_session_id]
+        if self._on_state is not None:
+            self._on_state(session)
+        self._report_wake.set()
+
+    def local_tracks(self) -> list[MediaStreamTrack]:
+        return self._local_tracks()
+
+    def on_track(
+        self, session: PeerSession, track: MediaStreamTrack
+    ) -> Coroutine[Any, Any, None] | None:
+        return self._on_track(session, track) if self._on_track else None
+
+    # --- SignalSink (called by the poller) ---------------------------------------------------
+
+    def negotiating(self) -> bool:
+        return any(s.negotiating for s in self.sessions.values())
+
+    def deliver(self, signal: Signal) -> None:
+        session = self.sessions.get(signal.sessionId)
+        if session is not None:
+            if signal.fromUserId != session.remote_user_id:
+                self._reject(signal, "sender is not the session's remote user")
+                return
+            session.deliver(signal)
+            return
+        if signal.fromUserId == self.local.user_id:
+            self._ignore(signal, "own signal")
+            return
+        if signal.broadcast:
+            self._ignore(signal, "broadcast for no existing session")
+            return
+        if signal.sessionId in self._closed:
+            self._ignore(signal, "session already closed")
+            return
+        opens = signal.type == "ice" or signal.description.type == "offer"
+        if not opens:
+            self._ignore(signal, f"{signal.description.type} for an unknown session")
+            return
+        session = self._open(signal.sessionId, signal.fromUserId)
+        if signal.type == "sdp":
+            self._replace_older_sessions(session)
+        session.deliver(signal)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the sessions, discovery and state reporting until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            self.ready.set()
+            tasks.create_task(self._report_loop(), name="report-state")
+            tasks.create_task(self._discovery_loop(), name="discovery")
+            await asyncio.Event().wait()  # until cancelled by the owner
+
+    async def close_all(self, reason: str) -> None:
+        sessions = list(self.sessions.values())
+        await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
+
+    def call(self, remote_session_id: str, remote_user_id: str) -> PeerSession:
+        """Open a session to a remote participant and send it an offer."""
+        session = self._open(remote_session_id, remote_user_id)
+        session.request_offer("call")
+        return session
+
+    def _open(self, remote_session_id: str, remote_user_id: str) -> PeerSession:
+        assert self._tasks is not None, "SessionManager.run() is not running"
+        session = PeerSession(
+            remote_session_id=remote_session_id,
+            remote_user_id=remote_user_id,
+            local=self.local,
+            api=self.api,
+            hooks=self,
+            settings=self.settings.session,
+        )
+        self.sessions[remote_session_id] = session
+        self._tasks.create_task(session.run(), name=f"session-{remote_session_id}")
+        self._report_wake.set()
+        return session
+
+    def _replace_older_sessions(self, newer: PeerSession) -> None:
+        for session in list(self.sessions.values()):
+            if session is not newer and session.remote_user_id == newer.remote_user_id:
+                log.info("%s replaced by a newer session of the same user", session)
+                assert self._tasks is not None
+                self._tasks.create_task(session.close("replaced by a newer session"))
+
+    def _reject(self, signal: Signal, why: str) -> None:
+        self.rejected[why] += 1
+        log.warning("signal %s from %s rejected: %s", signal.id, signal.fromUserId, why)
+        self._handled(signal, "rejected")
+
+    def _ignore(self, signal: Signal, why: str) -> None:
+        log.debug("signal %s ignored: %s", signal.id, why)
+        self._handled(signal, "ignored")
+
+    # --- discovery and cleanup ---------------------------------------------------------------
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            with contextlib.suppress(ConvexError):
+                await self.discover_once()
+            self._forget_old_closed()
+            await asyncio.sleep(self.settings.discovery_interval)
+
+    async def discover_once(self) -> None:
+        """Close sessions whose remote went away; with call_everyone, call whoever is new."""
+        active = await self.api.get_active_sessions(self.local.meeting_id)
+        others = [a for a in active if a.userId != self.local.user_id]
+        present = {a.sessionId for a in others}
+        for session_id in list(self.sessions):
+            if session_id in self._seen_active and session_id not in present:
+                session = self.sessions.get(session_id)
+                if session is not None:
+                    log.info("%s: the remote left", session)
+                    assert self._tasks is not None
+                    self._tasks.create_task(session.close("remote left"))
+        self._seen_active = present
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if session.pc is None and now - session.created_at > ORPHAN_TIMEOUT_S:
+                assert self._tasks is not None
+                self._tasks.create_task(session.close("no offer arrived"))
+        if self.settings.call_everyone:
+            for remote in _newest_per_user(others):
+                known = {s.remote_user_id for s in self.sessions.values()}
+                if remote.userId not in known and remote.sessionId not in self._closed:
+                    self.call(remote.sessionId, remote.userId)
+
+    def _forget_old_closed(self) -> None:
+        cutoff = time.monotonic() - CLOSED_MEMORY_S
+        self._closed = {k: t for k, t in self._closed.items() if t >= cutoff}
+
+    # --- the own session's state at the backend ----------------------------------------------
+
+    def aggregate_state(self) -> tuple[SessionState, dict[str, MetadataValue]]:
+        states = Counter(s.state for s in self.sessions.values())
+        connected = states[PeerState.CONNECTED]
+        state: SessionState
+        if connected:
+            state = "connected"
+        elif states[PeerState.DISCONNECTED]:
+            state = "disconnected"
+        else:
+            state = "connecting"
+        rtts = [s.stats.rtt for s in self.sessions.values() if s.stats.rtt is not None]
+        metadata: dict[str, MetadataValue] = {
+            "peers": len(self.sessions),
+            "peersConnected": connected,
+            "peersNegotiating": states[PeerState.NEGOTIATING] + states[PeerState.NEW],
+            "packetsLost": sum(s.stats.packets_lost for s in self.sessions.values()),
+        }
+        if rtts:
+            metadata["rttMs"] = round(1000 * sum(rtts) / len(rtts), 1)
+        return state, metadata
+
+    async def _report_loop(self) -> None:
+        last_sent = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_wake.wait(), self.settings.report_interval)
+            self._report_wake.clear()
+            # Coalesce bursts of state changes into one request.
+            gap = self.settings.min_report_gap - (time.monotonic() - last_sent)
+            if gap > 0:
+                await asyncio.sleep(gap)
+            state, metadata = self.aggregate_state()
+            key = (state, int(metadata["peersConnected"]))
+            if (
+                key == self._reported
+                and time.monotonic() - last_sent < self.settings.report_interval
+            ):
+                continue
+            with contextlib.suppress(ConvexError):
+                await self.api.update_session_state(
+                    self.local.meeting_id, self.local.session_id, state, metadata
+                )
+                self._reported = key
+            last_sent = time.monotonic()
+
+
+def _newest_per_user(sessions: list[ActiveSession]) -> list[ActiveSession]:
+    newest: dict[str, ActiveSession] = {}
+    for s in sessions:
+        if s.userId not in newest or s.createdAt > newest[s.userId].createdAt:
+            newest[s.userId] = s
+    return list(newest.values())

@@ -1,0 +1,508 @@
+"""One remote (user, session): an RTCPeerConnection driven by perfect negotiation.
+
+Everything that touches the connection runs in the session's own task, one step at a time: incoming
+signals, offers the agent decides to make, and close requests all go through `inbox`. That keeps
+the negotiation state machine free of interleavings without locks.
+
+aiortc lacks a few things browsers have, and the session supplies them:
+- rollback and `restartIce()`: the session replaces the RTCPeerConnection (fresh ICE credentials and
+  certificate), re-adds its local tracks, and negotiates again;
+- a "disconnected" state: the session watches the transport's received-packet counter (RTP and
+  RTCP both count) and calls the connection disconnected after `media_timeout` of silence;
+- pranswer: aiortc treats it as final, so a later answer with the same ICE credentials is ignored,
+  and one with different credentials makes the session start over with a new offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from agent.convex import ConvexError
+from agent.peer.ice import CandidateError, ice_ufrags, parse_candidate, sanitize_sdp
+from agent.signaling.api import ConnvoApi
+from agent.signaling.models import IceCandidate, SessionDescription, Signal
+
+log = logging.getLogger(__name__)
+
+
+class PeerState(enum.StrEnum):
+    NEW = "new"
+    NEGOTIATING = "negotiating"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    meeting_id: str
+    user_id: str
+    session_id: str
+
+
+@dataclass
+class SessionSettings:
+    ice_servers: list[RTCIceServer] = field(default_factory=list)
+    session_timeout: float = 30.0  # negotiating this long without connecting: give up
+    ice_restart_after: float = 5.0  # disconnected this long: restart ICE
+    media_timeout: float = 5.0  # no packet at all for this long: disconnected
+    liveness_interval: float = 1.0
+    max_ice_restarts: int = 3
+
+
+class SessionHooks(Protocol):
+    """What a session needs from its owner (the SessionManager)."""
+
+    def handled(self, signal: Signal, outcome: str) -> None: ...
+
+    def kick(self) -> None: ...
+
+    def state_changed(self, session: PeerSession) -> None: ...
+
+    def local_tracks(self) -> list[MediaStreamTrack]: ...
+
+    def on_track(
+        self, session: PeerSession, track: MediaStreamTrack
+    ) -> Coroutine[Any, Any, None] | None: ...
+
+
+@dataclass
+class _Offer:
+    restart: bool
+    reason: str
+
+
+@dataclass
+class _Close:
+    reason: str
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_Command = Signal | _Offer | _Close
+
+
+@dataclass
+class SessionStats:
+    rtt: float | None = None
+    packets_received: int = 0
+    packets_lost: int = 0
+    jitter: float | None = None
+    ice_restarts: int = 0
+    replaced_connections: int = 0
+
+
+class PeerSession:
+    def __init__(
+        self,
+        *,
+        remote_session_id: str,
+        remote_user_id: str,
+        local: LocalIdentity,
+        api: ConnvoApi,
+        hooks: SessionHooks,
+        settings: SessionSettings,
+    ) -> None:
+        self.remote_session_id = remote_session_id
+        self.remote_user_id = remote_user_id
+        self.local = local
+        self.api = api
+        self.hooks = hooks
+        self.settings = settings
+        # Perfect negotiation needs exactly one polite side; both derive it from the user IDs.
+        self.polite = local.user_id > remote_user_id
+        self.state = PeerState.NEW
+        self.pc: RTCPeerConnection | None = None
+        self.stats = SessionStats()
+        self.created_at = time.monotonic()
+        self.negotiation_started_at: float | None = None
+        self.connected_at: float | None = None
+        self.time_to_connected: float | None = None
+        self.close_reason: str | None = None
+        self.connected = asyncio.Event()  # set on every (re)connection; for tests and reports
+        self.closed = asyncio.Event()
+        self._inbox: asyncio.Queue[_Command] = asyncio.Queue()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._track_tasks: set[asyncio.Task[None]] = set()
+        self._pending_candidates: list[IceCandidate] = []
+        self._seen_candidates: set[tuple[str, str | None, int | None]] = set()
+        self._last_remote_offer: str | None = None
+        self._last_sdp_timestamp = -1.0
+        self._pranswer_ufrags: tuple[str, ...] | None = None
+        self._last_rx = -1
+        self._last_rx_at = time.monotonic()
+        self._disconnected_since: float | None = None
+        self._restarts_in_row = 0
+
+    def __repr__(self) -> str:
+        return f"PeerSession({self.remote_user_id}/{self.remote_session_id}, {self.state})"
+
+    # --- the owner's interface ---------------------------------------------------------------
+
+    def deliver(self, signal: Signal) -> None:
+        self._inbox.put_nowait(signal)
+
+    def request_offer(self, reason: str, *, restart: bool = False) -> None:
+        self._inbox.put_nowait(_Offer(restart=restart, reason=reason))
+
+    async def close(self, reason: str) -> None:
+        """Close and wait until the session task has finished with the connection."""
+        if self.closed.is_set():
+            return
+        command = _Close(reason)
+        self._inbox.put_nowait(command)
+        if self._tasks is None:  # never started
+            await self._shutdown(reason)
+            return
+        await self.closed.wait()
+
+    @property
+    def negotiating(self) -> bool:
+        return self.state in (PeerState.NEW, PeerState.NEGOTIATING)
+
+    async def run(self) -> None:
+        """The session's life: process commands and watch liveness until closed."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                watchdog = tasks.create_task(self._watchdog(), name=f"watchdog-{self}")
+                await self._process()
+                watchdog.cancel()
+                for task in list(self._track_tasks):
+                    task.cancel()
+        finally:
+            await self._shutdown(self.close_reason or "stopped")
+
+    # --- command processing ------------------------------------------------------------------
+
+    async def _process(self) -> None:
+        while True:
+            command = await self._inbox.get()
+            if isinstance(command, _Close):
+                self.close_reason = command.reason
+                return
+            if self.state is PeerState.CLOSED:
+                if isinstance(command, Signal):
+                    self.hooks.handled(command, "ignored")
+                continue
+            if isinstance(command, _Offer):
+                await self._send_offer(command)
+                continue
+            outcome = "applied"
+            try:
+                outcome = await self._apply(command)
+            except Exception as exc:  # one bad signal must not end the session
+                outcome = "rejected"
+                log.warning(
+                    "%s: signal %s (%s) rejected: %s: %s",
+                    self,
+                    command.id,
+                    _kind(command),
+                    type(exc).__name__,
+                    exc,
+                )
+            self.hooks.handled(command, outcome)
+
+    async def _apply(self, signal: Signal) -> str:
+        if signal.type == "ice":
+            return await self._on_candidate(signal.candidate)
+        if signal.timestamp < self._last_sdp_timestamp:
+            log.info("%s: stale %s %s ignored", self, signal.description.type, signal.id)
+            return "ignored"
+        self._last_sdp_timestamp = signal.timestamp
+        description = signal.description
+        if description.type == "offer":
+            return await self._on_offer(description)
+        if description.type in ("answer", "pranswer"):
+            return await self._on_answer(description)
+        return await self._on_rollback()
+
+    async def _on_offer(self, offer: SessionDescription) -> str:
+        if offer.sdp == self._last_remote_offer:
+            return "ignored"  # a duplicated delivery (a retried mutation on the sender's side)
+        pc = self.pc
+        collision = pc is not None and pc.signalingState == "have-local-offer"
+        if collision and not self.polite:
+            log.info("%s: glare, impolite side ignores the remote offer", self)
+            return "ignored"
+        remote_ufrags = ice_ufrags(offer.sdp)
+        restart = (
+            pc is not None
+            and pc.remoteDescription is not None
+            and ice_ufrags(pc.remoteDescription.sdp) != remote_ufrags
+        )
+        if pc is None or collision or restart or pc.connectionState in ("failed", "closed"):
+            # aiortc can neither roll back nor restart ICE in place: start from a fresh connection.
+            reason = "glare" if collision else "ice restart" if restart else "new"
+            await self._replace_pc(reason)
+        pc = self.pc
+        assert pc is not None
+        self._last_remote_offer = offer.sdp
+        self._begin_negotiation()
+        await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(offer.sdp), "offer"))
+        await self._flush_candidates()
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        await self._send_description("answer", pc.localDescription.sdp)
+        return "applied"
+
+    async def _on_answer(self, answer: SessionDescription) -> str:
+        pc = self.pc
+        if pc is None or pc.signalingState != "have-local-offer":
+            if (
+                answer.type == "answer"
+                and self._pranswer_ufrags is not None
+                and ice_ufrags(answer.sdp) != self._pranswer_ufrags
+            ):
+                # The final answer differs from the provisional one aiortc already applied.
+                self._pranswer_ufrags = None
+                self.request_offer("final answer differs from pranswer", restart=True)
+                return "applied"
+            return "ignored"  # duplicate or stale answer
+        await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(answer.sdp), answer.type))
+        self._pranswer_ufrags = ice_ufrags(answer.sdp) if answer.type == "pranswer" else None
+        await self._flush_candidates()
+        return "applied"
+
+    async def _on_rollback(self) -> str:
+        pc = self.pc
+        if pc is not None and pc.signalingState == "have-remote-offer":
+            await self._replace_pc("remote rollback")
+            self._last_remote_offer = None
+            return "applied"
+        return "ignored"
+
+    async def _on_candidate(self, payload: IceCandidate) -> str:
+        key = (payload.candidate, payload.sdpMid, payload.sdpMLineIndex)
+        if key in self._seen_candidates:
+            return "ignored"
+        self._seen_candidates.add(key)
+        if payload.candidate.strip() and not payload.candidate.strip().endswith(".local"):
+            parse_candidate(payload)  # reject junk now, not when it is flushed later
+        pc = self.pc
+        if pc is None or pc.remoteDescription is None:
+            self._pending_candidates.append(payload)
+            return "applied"
+        await self._add_candidate(payload)
+        return "applied"
+
+    async def _add_candidate(self, payload: IceCandidate) -> None:
+        pc = self.pc
+        assert pc is not None and pc.remoteDescription is not None
+        ufrags = ice_ufrags(pc.remoteDescription.sdp)
+        if payload.usernameFragment and ufrags and payload.usernameFragment not in ufrags:
+            log.debug("%s: candidate of another ICE generation ignored", self)
+            return
+        if not payload.candidate.strip():
+            await pc.addIceCandidate(None)  # end-of-candidates
+            return
+        try:
+            candidate = parse_candidate(payload)
+        except CandidateError as exc:
+            log.debug("%s: candidate skipped: %s", self, exc)
+            return
+        await pc.addIceCandidate(candidate)
+
+    async def _flush_candidates(self) -> None:
+        pending, self._pending_candidates = self._pending_candidates, []
+        for payload in pending:
+            await self._add_candidate(payload)
+
+    # --- offers, connections -----------------------------------------------------------------
+
+    async def _send_offer(self, command: _Offer) -> None:
+        try:
+            if command.restart:
+                self.stats.ice_restarts += 1
+            if (
+                command.restart
+                or self.pc is None
+                or self.pc.connectionState in ("failed", "closed")
+            ):
+                await self._replace_pc(command.reason)
+            pc = self.pc
+            assert pc is not None
+            if pc.signalingState != "stable":
+                return  # an offer/answer exchange is already under way
+            kinds = {t.kind for t in pc.getTransceivers()}
+            for kind in ("audio", "video"):
+                if kind not in kinds:
+                    pc.addTransceiver(kind, direction="recvonly")
+            self._begin_negotiation()
+            offer = await pc.createOffer()
+            await pc.setLocalDescription(offer)
+            await self._send_description("offer", pc.localDescription.sdp)
+        except Exception as exc:
+            log.warning("%s: could not make an offer (%s): %s", self, command.reason, exc)
+
+    async def _send_description(self, kind: str, sdp: str) -> None:
+        try:
+            await self.api.send_description(
+                self.local.meeting_id,
+                self.local.session_id,
+                SessionDescription(type=kind, sdp=sdp),  # type: ignore[arg-type]
+                target_user_id=self.remote_user_id,
+            )
+        except ConvexError as exc:
+            # The watchdog restarts or times out the negotiation; nothing else to do here.
+            log.warning("%s: sending the %s failed: %s", self, kind, exc)
+        self.hooks.kick()
+
+    def _begin_negotiation(self) -> None:
+        if self.negotiation_started_at is None:
+            self.negotiation_started_at = time.monotonic()
+        if self.state is not PeerState.CONNECTED:
+            self._set_state(PeerState.NEGOTIATING)
+
+    async def _replace_pc(self, reason: str) -> None:
+        old = self.pc
+        if old is not None:
+            self.stats.replaced_connections += 1
+            log.info("%s: replacing the peer connection (%s)", self, reason)
+            await old.close()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.settings.ice_servers)))
+        self.pc = pc
+        self._seen_candidates.clear()
+        self._last_rx = -1
+        self._last_rx_at = time.monotonic()
+        for track in self.hooks.local_tracks():
+            pc.addTrack(track)
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if pc is self.pc:
+                self._on_connection_state(pc.connectionState)
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            consumer = self.hooks.on_track(self, track)
+            if consumer is not None and self._tasks is not None:
+                task = self._tasks.create_task(_quietly(consumer), name=f"track-{track.kind}")
+                self._track_tasks.add(task)
+                task.add_done_callback(self._track_tasks.discard)
+
+    def _on_connection_state(self, state: str) -> None:
+        if state == "connected":
+            now = time.monotonic()
+            if self.time_to_connected is None and self.negotiation_started_at is not None:
+                self.time_to_connected = now - self.negotiation_started_at
+            self.connected_at = now
+            self._disconnected_since = None
+            self._restarts_in_row = 0
+            self._last_rx_at = now
+            self._set_state(PeerState.CONNECTED)
+            self.connected.set()
+        elif state == "failed" and self.state is PeerState.CONNECTED:
+            self._mark_disconnected()
+
+    def _mark_disconnected(self) -> None:
+        self._disconnected_since = time.monotonic()
+        self.connected.clear()
+        self._set_state(PeerState.DISCONNECTED)
+
+    def _set_state(self, state: PeerState) -> None:
+        if state is not self.state:
+            log.debug("%s -> %s", self, state)
+            self.state = state
+            self.hooks.state_changed(self)
+
+    # --- liveness ----------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.liveness_interval)
+            now = time.monotonic()
+            if self.state in (PeerState.NEW, PeerState.NEGOTIATING):
+                started = self.negotiation_started_at or self.created_at
+                if now - started > self.settings.session_timeout:
+                    self._fail("negotiation timed out")
+            elif self.state is PeerState.CONNECTED:
+                await self._check_liveness(now)
+            elif self.state is PeerState.DISCONNECTED:
+                assert self._disconnected_since is not None
+                if now - self._disconnected_since >= self.settings.ice_restart_after:
+                    if self._restarts_in_row >= self.settings.max_ice_restarts:
+                        self._fail("ICE restarts exhausted")
+                    else:
+                        self._restarts_in_row += 1
+                        self._disconnected_since = now
+                        # Negotiating again: the session timeout bounds the restart.
+                        self.negotiation_started_at = now
+                        self._set_state(PeerState.NEGOTIATING)
+                        self.request_offer("ice restart", restart=True)
+
+    async def _check_liveness(self, now: float) -> None:
+        pc = self.pc
+        if pc is None:
+            return
+        received = 0
+        for report in (await pc.getStats()).values():
+            kind = getattr(report, "type", "")
+            if kind == "transport":
+                received += report.packetsReceived
+            elif kind == "remote-inbound-rtp":
+                self.stats.rtt = report.roundTripTime
+            elif kind == "inbound-rtp":
+                self.stats.packets_lost = report.packetsLost
+                self.stats.jitter = report.jitter
+        self.stats.packets_received = received
+        if received > self._last_rx:
+            self._last_rx = received
+            self._last_rx_at = now
+        elif now - self._last_rx_at >= self.settings.media_timeout:
+            log.info("%s: no packets for %.1f s, disconnected", self, now - self._last_rx_at)
+            self._mark_disconnected()
+
+    def _fail(self, reason: str) -> None:
+        log.info("%s: failed: %s", self, reason)
+        self._set_state(PeerState.FAILED)
+        self._inbox.put_nowait(_Close(reason))
+
+    async def _shutdown(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = self.close_reason or reason
+        pc, self.pc = self.pc, None
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        self.connected.clear()
+        self._set_state(PeerState.CLOSED)
+        # Whatever is still queued is acknowledged, not applied: the session is gone.
+        while not self._inbox.empty():
+            command = self._inbox.get_nowait()
+            if isinstance(command, Signal):
+                self.hooks.handled(command, "ignored")
+        self.closed.set()
+
+
+def _kind(signal: Signal) -> str:
+    return signal.description.type if signal.type == "sdp" else "ice"
+
+
+async def _quietly(consumer: Awaitable[None]) -> None:
+    # A failing media consumer (a full disk, a decoder error) must not end the session.
+    try:
+        await consumer
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("media consumer failed: %s: %s", type(exc).__name__, exc)
+
+
+OnTrack = Callable[[PeerSession, MediaStreamTrack], Coroutine[Any, Any, None] | None]

@@ -1,0 +1,291 @@
+"""The signal poller: one per (meeting, identity), however many peer sessions that identity has.
+
+Each cycle fetches pending signals, drops the ones already handled (by id, across restarts),
+validates the rest one by one, orders them by send time and hands them to the sink. The sink (the
+session manager) reports back through `handled()` once a signal was applied, rejected or ignored;
+only then is the id recorded and queued for acknowledgement, so a crash in between re-delivers it.
+
+Cursor: the server filters `_id > lastSignalId` as plain strings, and IDs need not sort by time. A
+cursor is therefore only used to page through a backlog while pages come back full; after the
+first short page the next poll starts from the beginning again, so a newer signal whose id sorts
+below the cursor is never skipped. Already-handled ids that come back are re-acknowledged, not
+re-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from agent.convex import AuthError, ConvexError, FunctionError, TransientError
+from agent.signaling.api import ConnvoApi
+from agent.signaling.models import MAX_SIGNAL_IDS_PER_ACK, Signal
+from agent.signaling.state import SignalStateStore
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 50  # the server's cap: a page this long means more may be waiting
+MAX_PAGES_PER_CYCLE = 8  # bound one drain so a huge backlog still gets applied in slices
+CURSOR_KEY = "cursor"
+# A poll failing with one of these codes means this identity can no longer read the meeting.
+FATAL_CODES = frozenset({"FORBIDDEN", "NOT_FOUND", "MEETING_NOT_ACTIVE"})
+
+
+class SignalSink(Protocol):
+    def deliver(self, signal: Signal) -> None:
+        """Take a validated signal; call `SignalPoller.handled(signal, outcome)` when done."""
+
+    def negotiating(self) -> bool:
+        """True while any session is mid-negotiation (poll fast)."""
+
+
+def send_order(signal: Signal) -> tuple[float, int, str]:
+    # Send order is the server timestamp. Ties are common (ms resolution); a description before a
+    # candidate is the order a sender produces them in, and the id makes the order total.
+    return (signal.timestamp, 0 if signal.type == "sdp" else 1, signal.id)
+
+
+@dataclass
+class PollerStats:
+    polls: int = 0
+    received: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    acked: int = 0
+    ack_failures: int = 0
+    poll_errors: int = 0
+    # seconds from server insert to handled, for latency reports
+    latencies: list[float] = field(default_factory=list)
+
+
+class SignalPoller:
+    def __init__(
+        self,
+        api: ConnvoApi,
+        meeting_id: str,
+        store: SignalStateStore,
+        sink: SignalSink,
+        *,
+        fast_interval: float = 0.02,
+        idle_interval: float = 1.25,
+        recent_window: float = 3.0,
+        ack_delay: float = 0.01,
+        on_poll: Callable[[float], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.meeting_id = meeting_id
+        self.store = store
+        self.sink = sink
+        self.fast_interval = fast_interval
+        self.idle_interval = idle_interval
+        self.recent_window = recent_window
+        self.ack_delay = ack_delay
+        self.stats = PollerStats()
+        self._on_poll = on_poll
+        self._in_flight: set[str] = set()  # delivered, not yet handled
+        self._ack_queue: dict[str, None] = dict.fromkeys(store.unacked())  # ordered set
+        self._ack_wake = asyncio.Event()
+        self._poll_wake = asyncio.Event()
+        self._last_activity = -1e9
+        self._interval = fast_interval
+        self._cursor: str | None = store.get_meta(CURSOR_KEY)
+        self.keep_latencies = True
+
+    # --- called by the owner and the sessions ------------------------------------------------
+
+    def kick(self) -> None:
+        """Poll now and stay fast for a while: something was just sent and an answer is due."""
+        self._last_activity = time.monotonic()
+        self._poll_wake.set()
+
+    def handled(self, signal: Signal, outcome: str = "applied") -> None:
+        """A delivered signal was applied, rejected or ignored: record it and acknowledge it."""
+        self._in_flight.discard(signal.id)
+        self.store.record(signal.id, outcome)
+        self._queue_ack(signal.id)
+        if self.keep_latencies:
+            self.stats.latencies.append(max(0.0, time.time() - signal.timestamp / 1000.0))
+
+    async def run(self) -> None:
+        """Poll until cancelled. Raises FunctionError when the meeting is no longer readable."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._ack_loop(), name="ack-signals")
+            await self._poll_loop()
+
+    async def flush_acks(self) -> None:
+        """Acknowledge everything handled so far (used at shutdown); one attempt per batch."""
+        await self._send_acks()
+
+    # --- polling -----------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        failures = 0
+        while True:
+            full = False
+            try:
+                full = await self.poll_once()
+                failures = 0
+            except FunctionError as exc:
+                if exc.code in FATAL_CODES:
+                    raise
+                failures += 1
+                log.warning("getPendingSignals failed: %s", exc)
+            except (TransientError, AuthError, ConvexError) as exc:
+                failures += 1
+                self.stats.poll_errors += 1
+                log.warning("getPendingSignals failed (attempt streak %d): %s", failures, exc)
+            await self._sleep(self._next_interval(full, failures))
+
+    def _next_interval(self, full: bool, failures: int) -> float:
+        if failures:
+            # The client already retried with backoff; keep the outer loop from spinning too.
+            self._interval = min(self.idle_interval * 2**failures, 30.0)
+        elif full:
+            self._interval = 0.0
+        elif self._active():
+            self._interval = self.fast_interval
+        else:
+            # Back off geometrically from fast to idle, so a late reply is still picked up quickly.
+            self._interval = min(self.idle_interval, max(self._interval, self.fast_interval) * 1.5)
+        return self._interval
+
+    def _active(self) -> bool:
+        recent = time.monotonic() - self._last_activity < self.recent_window
+        return recent or self.sink.negotiating()
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._poll_wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        self._poll_wake.clear()
+
+    async def poll_once(self) -> bool:
+        """One drain: fetch up to MAX_PAGES_PER_CYCLE pages, deliver new signals in send order.
+
+        Returns True when the last page was full (more is waiting).
+        """
+        batch: dict[str, Signal] = {}
+        full = False
+        for _ in range(MAX_PAGES_PER_CYCLE):
+            started = time.perf_counter()
+            page = await self.api.get_pending_signals(self.meeting_id, last_signal_id=self._cursor)
+            if self._on_poll is not None:
+                self._on_poll(time.perf_counter() - started)
+            self.stats.polls += 1
+            full = len(page) >= PAGE_SIZE
+            page_ids = [row["_id"] for row in page if _has_id(row)]
+            for row in page:
+                self._take(row, batch)
+            # Page through a backlog with the cursor; start over from the beginning after a short
+            # page, so that ids sorting below the cursor are not skipped.
+            self._set_cursor(max(page_ids) if full and page_ids else None)
+            if not full:
+                break
+        for signal in sorted(batch.values(), key=send_order):
+            self._in_flight.add(signal.id)
+            self.sink.deliver(signal)
+        if batch:
+            self._last_activity = time.monotonic()
+        return full
+
+    def _take(self, row: Any, batch: dict[str, Signal]) -> None:
+        if not _has_id(row):
+            # Without an id it cannot be acknowledged or deduplicated: log and drop.
+            self.stats.malformed += 1
+            log.warning("malformed signal without an id dropped: %.200r", row)
+            return
+        signal_id: str = row["_id"]
+        if signal_id in batch or signal_id in self._in_flight:
+            self.stats.duplicates += 1
+            return
+        if self.store.is_known(signal_id):
+            # Handled before, but the acknowledgement has not landed (or was lost): ack again.
+            self.stats.duplicates += 1
+            self._queue_ack(signal_id)
+            return
+        self.stats.received += 1
+        try:
+            batch[signal_id] = Signal.model_validate(row)
+        except ValidationError as exc:
+            self.stats.malformed += 1
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            log.warning("malformed signal %s rejected: %s: %s", signal_id, where, err["msg"])
+            self.store.record(signal_id, "rejected")
+            self._queue_ack(signal_id)
+
+    def _set_cursor(self, cursor: str | None) -> None:
+        if cursor != self._cursor:
+            self._cursor = cursor
+            self.store.set_meta(CURSOR_KEY, cursor)
+
+    # --- acknowledgement ---------------------------------------------------------------------
+
+    def _queue_ack(self, signal_id: str) -> None:
+        self._ack_queue[signal_id] = None
+        self._ack_wake.set()
+
+    async def _ack_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._ack_wake.wait()
+            # A short pause batches the acks of one page into one request.
+            await asyncio.sleep(self.ack_delay)
+            self._ack_wake.clear()
+            if await self._send_acks():
+                failures = 0
+            else:
+                failures += 1
+                await asyncio.sleep(min(0.2 * 2**failures, 10.0))
+                self._ack_wake.set()
+
+    async def _send_acks(self) -> bool:
+        """Send all queued acks; False when some must be retried later."""
+        ok = True
+        while self._ack_queue:
+            batch = list(self._ack_queue)[:MAX_SIGNAL_IDS_PER_ACK]
+            if not await self._ack_batch(batch):
+                ok = False
+                break
+        return ok
+
+    async def _ack_batch(self, batch: list[str]) -> bool:
+        try:
+            await self.api.ack_signals(batch)
+        except FunctionError as exc:
+            # Generation 2 rejects the whole call for one foreign or unknown id: split to find it.
+            if len(batch) == 1:
+                log.warning("acknowledgement of signal %s refused: %s", batch[0], exc.message)
+                self._acked(batch)
+                return True
+            half = len(batch) // 2
+            return await self._ack_batch(batch[:half]) and await self._ack_batch(batch[half:])
+        except ConvexError as exc:
+            self.stats.ack_failures += 1
+            log.warning("acknowledging %d signals failed, will retry: %s", len(batch), exc)
+            return False
+        self._acked(batch)
+        return True
+
+    def _acked(self, batch: list[str]) -> None:
+        for signal_id in batch:
+            self._ack_queue.pop(signal_id, None)
+        self.store.mark_acked(batch)
+        self.stats.acked += len(batch)
+
+    @property
+    def pending_acks(self) -> int:
+        return len(self._ack_queue)
+
+
+def _has_id(row: Any) -> bool:
+    return isinstance(row, dict) and isinstance(row.get("_id"), str) and 0 < len(row["_id"]) <= 128
