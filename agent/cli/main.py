@@ -17,8 +17,10 @@ def cli() -> None:
 
 def _register_subcommands() -> None:
     # Imported here so `connvo-agent --help` stays fast and each layer owns its own commands.
+    from agent.cli.run import run_command
     from agent.devserver.cli import devserver
 
+    cli.add_command(run_command)
     cli.add_command(devserver)
 
 

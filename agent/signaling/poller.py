@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +42,32 @@ class SignalSink(Protocol):
 
     def negotiating(self) -> bool:
         """True while any session is mid-negotiation (poll fast)."""
+
+
+class PollerObserver(Protocol):
+    """Hooks for metrics (AgentMetrics implements them)."""
+
+    def polled(self, seconds: float) -> None: ...
+
+    def received(self, count: int) -> None: ...
+
+    def handled(self, outcome: str) -> None: ...
+
+    def acked(self, count: int) -> None: ...
+
+
+class _NoObserver:
+    def polled(self, seconds: float) -> None:
+        pass
+
+    def received(self, count: int) -> None:
+        pass
+
+    def handled(self, outcome: str) -> None:
+        pass
+
+    def acked(self, count: int) -> None:
+        pass
 
 
 def send_order(signal: Signal) -> tuple[float, int, str]:
@@ -76,7 +101,7 @@ class SignalPoller:
         idle_interval: float = 1.25,
         recent_window: float = 3.0,
         ack_delay: float = 0.01,
-        on_poll: Callable[[float], None] | None = None,
+        observer: PollerObserver | None = None,
     ) -> None:
         self.api = api
         self.meeting_id = meeting_id
@@ -87,7 +112,7 @@ class SignalPoller:
         self.recent_window = recent_window
         self.ack_delay = ack_delay
         self.stats = PollerStats()
-        self._on_poll = on_poll
+        self.observer: PollerObserver = observer or _NoObserver()
         self._in_flight: set[str] = set()  # delivered, not yet handled
         self._ack_queue: dict[str, None] = dict.fromkeys(store.unacked())  # ordered set
         self._ack_wake = asyncio.Event()
@@ -109,6 +134,7 @@ class SignalPoller:
         self._in_flight.discard(signal.id)
         self.store.record(signal.id, outcome)
         self._queue_ack(signal.id)
+        self.observer.handled(outcome)
         if self.keep_latencies:
             self.stats.latencies.append(max(0.0, time.time() - signal.timestamp / 1000.0))
 
@@ -178,8 +204,7 @@ class SignalPoller:
         for _ in range(MAX_PAGES_PER_CYCLE):
             started = time.perf_counter()
             page = await self.api.get_pending_signals(self.meeting_id, last_signal_id=self._cursor)
-            if self._on_poll is not None:
-                self._on_poll(time.perf_counter() - started)
+            self.observer.polled(time.perf_counter() - started)
             self.stats.polls += 1
             full = len(page) >= PAGE_SIZE
             page_ids = [row["_id"] for row in page if _has_id(row)]
@@ -213,6 +238,7 @@ class SignalPoller:
             self._queue_ack(signal_id)
             return
         self.stats.received += 1
+        self.observer.received(1)
         try:
             batch[signal_id] = Signal.model_validate(row)
         except ValidationError as exc:
@@ -221,6 +247,7 @@ class SignalPoller:
             where = ".".join(str(p) for p in err["loc"])
             log.warning("malformed signal %s rejected: %s: %s", signal_id, where, err["msg"])
             self.store.record(signal_id, "rejected")
+            self.observer.handled("malformed")
             self._queue_ack(signal_id)
 
     def _set_cursor(self, cursor: str | None) -> None:
@@ -281,6 +308,7 @@ class SignalPoller:
             self._ack_queue.pop(signal_id, None)
         self.store.mark_acked(batch)
         self.stats.acked += len(batch)
+        self.observer.acked(len(batch))
 
     @property
     def pending_acks(self) -> int:

@@ -1,0 +1,171 @@
+"""One identity in one meeting: join, own a WebRTC session, poll and negotiate, leave cleanly.
+
+Roles (bot, recorder, transcriber, load) wrap a Participant and supply local tracks and a consumer
+for remote tracks. Shutdown order matters to the people still in the meeting: close every peer
+connection, acknowledge what was handled, report the own session closed, close it, leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiortc import MediaStreamTrack
+
+from agent.convex import ConvexError, FunctionError
+from agent.peer.ice import to_rtc_ice_servers
+from agent.peer.manager import ManagerSettings, SessionManager, TrackConsumer
+from agent.peer.session import LocalIdentity, PeerSession, SessionSettings
+from agent.signaling.api import ConnvoApi
+from agent.signaling.poller import PollerObserver, SignalPoller
+from agent.signaling.state import SignalStateStore, state_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ParticipantSettings:
+    meeting_id: str
+    state_dir: Path
+    session_id: str | None = None
+    call_everyone: bool = False
+    poll_fast_interval: float = 0.02
+    poll_idle_interval: float = 1.25
+    poll_recent_window: float = 3.0
+    discovery_interval: float = 10.0
+    session: SessionSettings = field(default_factory=SessionSettings)
+    # None: take the ICE servers from getMeetingConnectionInfo
+    ice_servers_override: list[str] | None = None
+    shutdown_timeout: float = 4.0
+
+
+class MeetingGone(Exception):
+    """The meeting can no longer be read by this identity (ended, or access withdrawn)."""
+
+
+class Participant:
+    def __init__(
+        self,
+        api: ConnvoApi,
+        settings: ParticipantSettings,
+        *,
+        local_tracks: Callable[[], list[MediaStreamTrack]] = list,
+        on_track: TrackConsumer | None = None,
+        on_state: Callable[[PeerSession], None] | None = None,
+        observer: PollerObserver | None = None,
+    ) -> None:
+        self.api = api
+        self._observer = observer
+        self.settings = settings
+        self._local_tracks = local_tracks
+        self._on_track = on_track
+        self._on_state = on_state
+        self.local: LocalIdentity | None = None
+        self.manager: SessionManager | None = None
+        self.poller: SignalPoller | None = None
+        self.store: SignalStateStore | None = None
+        self.joined = asyncio.Event()
+        self.joined_at: float | None = None
+        self._gone: BaseException | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Join, then negotiate until `stop` is set (or the meeting goes away), then leave."""
+        await self._join()
+        try:
+            await self._serve(stop)
+        finally:
+            await self._leave()
+
+    async def _join(self) -> None:
+        s = self.settings
+        user = await self.api.get_current_user()
+        await self.api.join_meeting(s.meeting_id)
+        info = await self.api.get_connection_info(s.meeting_id)
+        if s.ice_servers_override is None:
+            s.session.ice_servers = to_rtc_ice_servers(info.connectionInfo.iceServers)
+        session_id = s.session_id or uuid.uuid4().hex
+        await self.api.create_webrtc_session(s.meeting_id, session_id)
+        self.local = LocalIdentity(s.meeting_id, user.id, session_id)
+        self.store = SignalStateStore(state_file(s.state_dir, s.meeting_id, user.id))
+        self.manager = SessionManager(
+            self.api,
+            self.local,
+            ManagerSettings(
+                session=s.session,
+                call_everyone=s.call_everyone,
+                discovery_interval=s.discovery_interval,
+            ),
+            local_tracks=self._local_tracks,
+            on_track=self._on_track,
+            on_state=self._on_state,
+        )
+        self.poller = SignalPoller(
+            self.api,
+            s.meeting_id,
+            self.store,
+            self.manager,
+            fast_interval=s.poll_fast_interval,
+            idle_interval=s.poll_idle_interval,
+            recent_window=s.poll_recent_window,
+            observer=self._observer,
+        )
+        self.manager.bind_poller(self.poller.handled, self.poller.kick)
+        log.info("joined meeting %s as user %s, session %s", s.meeting_id, user.id, session_id)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        assert self.manager is not None and self.poller is not None
+        async with asyncio.TaskGroup() as tasks:
+            manager_task = tasks.create_task(self.manager.run(), name="sessions")
+            await self.manager.ready.wait()
+            self.joined_at = time.monotonic()
+            self.joined.set()
+            poller_task = tasks.create_task(self._poll(), name="poller")
+            stop_task = tasks.create_task(stop.wait(), name="stop")
+            await asyncio.wait(
+                {manager_task, poller_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            # Sessions close before the poller stops, so their last signals are acknowledged.
+            await self.manager.close_all("agent leaving")
+            for task in (manager_task, poller_task, stop_task):
+                task.cancel()
+        if self._gone is not None:
+            raise MeetingGone(str(self._gone)) from self._gone
+
+    async def _poll(self) -> None:
+        assert self.poller is not None
+        try:
+            await self.poller.run()
+        except* FunctionError as group:
+            self._gone = group.exceptions[0]
+
+    async def _leave(self) -> None:
+        """Best effort and bounded: the process must exit promptly even if the backend is down."""
+        s = self.settings
+        try:
+            async with asyncio.timeout(s.shutdown_timeout):
+                if self.manager is not None:
+                    await self.manager.close_all("agent leaving")
+                if self.poller is not None:
+                    with contextlib.suppress(ConvexError):
+                        await self.poller.flush_acks()
+                if self.local is not None:
+                    with contextlib.suppress(ConvexError):
+                        await self.api.update_session_state(
+                            s.meeting_id, self.local.session_id, "closed"
+                        )
+                    with contextlib.suppress(ConvexError):
+                        await self.api.close_session(s.meeting_id, self.local.session_id)
+                with contextlib.suppress(ConvexError):
+                    await self.api.leave_meeting(s.meeting_id)
+        except TimeoutError:
+            log.warning("leaving the meeting took longer than %.1f s; gave up", s.shutdown_timeout)
+        finally:
+            if self.store is not None:
+                self.store.close()
+            log.info("left meeting %s", s.meeting_id)

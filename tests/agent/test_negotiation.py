@@ -1,0 +1,107 @@
+"""The agent against scripted aiortc peers, over the dev backend's real HTTP API, media flowing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.agent.conftest import Meeting
+from tests.support.peers import RemotePeer
+
+TIMEOUT = 15.0
+
+
+async def media_both_ways(agent, peer: RemotePeer) -> None:
+    """The agent received audio and video from the peer, and the peer from the agent."""
+    async with asyncio.timeout(TIMEOUT):
+        await peer.connected.wait()
+        await peer.received.audio.wait()
+        await peer.received.video.wait()
+        await agent.frames_event(peer.session_id, "audio").wait()
+        await agent.frames_event(peer.session_id, "video").wait()
+
+
+def applied_once(agent) -> None:
+    """No signal was applied twice (the state store counts every application)."""
+    store = agent.participant.store
+    rows = store._db.execute("SELECT id, times FROM signals WHERE times > 1").fetchall()
+    assert rows == []
+
+
+async def test_answer_path(meeting: Meeting, agent_factory) -> None:
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        assert session.remote_user_id == meeting.users["alice"]
+        assert session.time_to_connected is not None
+        answer = await alice.wait_signal(lambda s: s["data"].get("type") == "answer")
+        # The answer comes from the agent's own session and was targeted at alice only.
+        assert answer["sessionId"] == agent.participant.local.session_id
+        assert answer["fromUserId"] == meeting.users["bot"]
+    applied_once(agent)
+
+
+async def test_offer_path_call_everyone(meeting: Meeting, agent_factory) -> None:
+    async with meeting.peer("alice") as alice:
+        agent = await agent_factory(meeting, call_everyone=True, discovery_interval=0.2)
+        await media_both_ways(agent, alice)
+        assert alice.offers_received == 1
+        assert alice.answers == 1
+
+
+async def test_trickled_candidates_before_offer_in_same_page(meeting: Meeting,
+                                                             agent_factory) -> None:
+    agent = await agent_factory(meeting)
+    # Stop the agent's poller from seeing half a sequence: pause it by sending everything
+    # while its idle interval runs, then check the page carried candidates before the offer.
+    async with meeting.peer("alice", video=False) as alice:
+        await alice.offer(meeting.users["bot"], trickle=True, candidates_first=True,
+                          end_of_candidates=True)
+        async with asyncio.timeout(TIMEOUT):
+            await alice.connected.wait()
+            await agent.frames_event(alice.session_id, "audio").wait()
+        session = agent.session(alice.session_id)
+        assert session.state == "connected"
+    applied_once(agent)
+
+
+async def test_duplicated_signals_are_harmless(meeting: Meeting, agent_factory) -> None:
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        sent = await alice.offer(meeting.users["bot"], trickle=True, duplicate=True)
+        await media_both_ways(agent, alice)
+        poller = agent.participant.poller
+        async with asyncio.timeout(TIMEOUT):
+            while poller.stats.received < sent or poller._in_flight:
+                await asyncio.sleep(0.02)
+        # Two identical offers (a retried mutation) produce one answer.
+        answers = [s for s in alice.signals if s["data"].get("type") == "answer"]
+        assert len(answers) == 1
+        assert agent.session(alice.session_id).stats.replaced_connections == 0
+    applied_once(agent)
+
+
+async def test_glare_settles(meeting: Meeting, agent_factory) -> None:
+    """Both sides offer at once: perfect negotiation leaves one connection with media."""
+    async with meeting.peer("alice") as alice:
+        agent = await agent_factory(meeting, call_everyone=True, discovery_interval=0.05)
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        assert session.state == "connected"
+
+
+async def test_signal_from_wrong_user_rejected(meeting: Meeting, agent_factory) -> None:
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice, meeting.peer("bob") as bob:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        # bob forges a signal in alice's session (same session id, his own user)
+        bob.session_id = alice.session_id
+        await bob.send_sdp("offer", "v=0\r\n", meeting.users["bot"])
+        async with asyncio.timeout(TIMEOUT):
+            while not agent.manager.rejected:
+                await asyncio.sleep(0.02)
+        assert agent.session(alice.session_id).state == "connected"
+        assert agent.session(alice.session_id).remote_user_id == meeting.users["alice"]

@@ -1,0 +1,319 @@
+"""A scripted remote participant for tests: a real aiortc RTCPeerConnection with media, signalling
+through the dev backend's HTTP API with plain httpx calls (deliberately not the agent's code).
+
+It can offer or answer, trickle its candidates as separate signals (even before its offer), send
+arbitrary raw signals, restart ICE, renegotiate, and counts the frames it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for ad-hoc debugging)
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+SIGNALING = "meetings/webrtc/signaling"
+
+
+class ApiError(Exception):
+    pass
+
+
+@dataclass
+class Received:
+    audio_frames: int = 0
+    video_frames: int = 0
+    audio: asyncio.Event = field(default_factory=asyncio.Event)
+    video: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RemotePeer:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        meeting_id: str,
+        user_id: str,
+        *,
+        session_id: str | None = None,
+        audio: bool = True,
+        video: bool = True,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self.url = url
+        self.meeting_id = meeting_id
+        self.user_id = user_id
+        self.session_id = session_id or f"peer-{uuid.uuid4().hex[:12]}"
+        self.audio = audio
+        self.video = video
+        self.poll_interval = poll_interval
+        self._http = httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
+        )
+        self.pc: RTCPeerConnection | None = None
+        self.remote_user_id: str | None = None
+        self.remote_session_id: str | None = None
+        self.received = Received()
+        self.signals: list[dict[str, Any]] = []  # every signal received, in arrival order
+        self.connected = asyncio.Event()
+        self.answers = 0
+        self.offers_received = 0
+        self._poll_task: asyncio.Task[None] | None = None
+        self._track_tasks: set[asyncio.Task[None]] = set()
+        self._signal_event = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RemotePeer:
+        await self.call(f"{SIGNALING}/createWebRTCSession", meetingId=self.meeting_id,
+                        sessionId=self.session_id)
+        self._poll_task = asyncio.create_task(self._poll_loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self, *, close_session: bool = True) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
+        if close_session:
+            with contextlib.suppress(Exception):
+                await self.call(f"{SIGNALING}/closeSession", meetingId=self.meeting_id,
+                                sessionId=self.session_id)
+        await self._close_pc()
+        await self._http.aclose()
+
+    async def crash(self) -> None:
+        """Vanish without closing anything at the backend (a killed browser tab)."""
+        await self.stop(close_session=False)
+
+    async def call(self, function: str, **args: Any) -> Any:
+        response = await self._http.post(f"/api/run/{function}", json={"args": args,
+                                                                       "format": "json"})
+        body = response.json()
+        if body.get("status") != "success":
+            raise ApiError(f"{function}: HTTP {response.status_code}: {body.get('errorMessage')}")
+        return body.get("value")
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def send_sdp(self, kind: str, sdp: str, target: str | None) -> None:
+        args: dict[str, Any] = {"meetingId": self.meeting_id, "sessionId": self.session_id,
+                                "description": {"type": kind, "sdp": sdp}}
+        if target is not None:
+            args["targetUserId"] = target
+        await self.call(f"{SIGNALING}/exchangeSessionDescription", **args)
+
+    async def send_ice(self, candidate: dict[str, Any], target: str | None) -> None:
+        args: dict[str, Any] = {"meetingId": self.meeting_id, "sessionId": self.session_id,
+                                "candidate": candidate}
+        if target is not None:
+            args["targetUserId"] = target
+        await self.call(f"{SIGNALING}/exchangeICECandidate", **args)
+
+    async def offer(
+        self,
+        target_user_id: str,
+        *,
+        trickle: bool = False,
+        candidates_first: bool = False,
+        end_of_candidates: bool = False,
+        restart: bool = False,
+        duplicate: bool = False,
+    ) -> int:
+        """Send an offer to the agent (trickle: candidates as separate ICE signals).
+
+        Returns how many signals were sent.
+        """
+        self.remote_user_id = target_user_id
+        if self.pc is None or restart:
+            await self._new_pc()
+        pc = self.pc
+        assert pc is not None
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        copies = 2 if duplicate else 1
+        if not trickle:
+            for _ in range(copies):
+                await self.send_sdp("offer", sdp, target_user_id)
+            return copies
+        offer_sdp, candidates = split_candidates(sdp)
+        if candidates_first:
+            for c in candidates:
+                await self.send_ice(c, target_user_id)
+        await self.send_sdp("offer", offer_sdp, target_user_id)
+        if duplicate:
+            await self.send_sdp("offer", offer_sdp, target_user_id)
+        if not candidates_first:
+            for c in candidates:
+                await self.send_ice(c, target_user_id)
+                if duplicate:
+                    await self.send_ice(c, target_user_id)
+        if end_of_candidates:
+            await self.send_ice({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0},
+                                target_user_id)
+        return copies * (1 + len(candidates)) + (1 if end_of_candidates else 0)
+
+    async def add_video(self) -> None:
+        """Renegotiate: add a video track to a running connection and re-offer."""
+        assert self.pc is not None and self.remote_user_id is not None
+        self.pc.addTrack(VideoStreamTrack())
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.send_sdp("offer", self.pc.localDescription.sdp, self.remote_user_id)
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def wait_signal(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for s in self.signals:
+                    if predicate(s):
+                        return s
+                self._signal_event.clear()
+                await self._signal_event.wait()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                page = await self.call(f"{SIGNALING}/getPendingSignals",
+                                       meetingId=self.meeting_id)
+            except (ApiError, httpx.HTTPError):
+                page = []
+            ids = []
+            for s in sorted(page, key=lambda s: (s["timestamp"], s["type"] != "sdp")):
+                ids.append(s["_id"])
+                if any(seen["_id"] == s["_id"] for seen in self.signals):
+                    continue
+                self.signals.append(s)
+                self._signal_event.set()
+                with contextlib.suppress(Exception):
+                    await self._apply(s)
+            if ids:
+                with contextlib.suppress(ApiError, httpx.HTTPError):
+                    await self.call(f"{SIGNALING}/markSignalsProcessed", signalIds=ids)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _apply(self, s: dict[str, Any]) -> None:
+        self.remote_user_id = s["fromUserId"]
+        self.remote_session_id = s["sessionId"]
+        data = s["data"]
+        if s["type"] == "ice":
+            if self.pc is not None and data.get("candidate"):
+                c = candidate_from_sdp(data["candidate"].removeprefix("candidate:"))
+                c.sdpMid, c.sdpMLineIndex = data.get("sdpMid"), data.get("sdpMLineIndex")
+                await self.pc.addIceCandidate(c)
+            return
+        if data["type"] == "offer":
+            self.offers_received += 1
+            polite = self.user_id > s["fromUserId"]
+            pc = self.pc
+            glare = pc is not None and pc.signalingState == "have-local-offer"
+            if glare and not polite:
+                return
+            restart = (
+                pc is not None
+                and pc.remoteDescription is not None
+                and ufrags(pc.remoteDescription.sdp) != ufrags(data["sdp"])
+            )
+            if pc is None or glare or restart:
+                await self._new_pc()
+            assert self.pc is not None
+            await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            await self.send_sdp("answer", self.pc.localDescription.sdp, s["fromUserId"])
+            self.answers += 1
+        elif data["type"] in ("answer", "pranswer"):
+            if self.pc is not None and self.pc.signalingState == "have-local-offer":
+                await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"],
+                                                                         data["type"]))
+
+    # --- the connection ----------------------------------------------------------------------
+
+    async def _new_pc(self) -> None:
+        await self._close_pc()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = pc
+        self.connected.clear()
+        if self.audio:
+            pc.addTrack(AudioStreamTrack())
+        if self.video:
+            pc.addTrack(VideoStreamTrack())
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            if pc is self.pc and pc.connectionState == "connected":
+                self.connected.set()
+
+        @pc.on("track")
+        def _track(track: MediaStreamTrack) -> None:
+            task = asyncio.create_task(self._count(track))
+            self._track_tasks.add(task)
+            task.add_done_callback(self._track_tasks.discard)
+
+    async def _count(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                if track.kind == "audio":
+                    self.received.audio_frames += 1
+                    self.received.audio.set()
+                else:
+                    self.received.video_frames += 1
+                    self.received.video.set()
+
+    async def _close_pc(self) -> None:
+        pc, self.pc = self.pc, None
+        if pc is not None:
+            await pc.close()
+        for task in list(self._track_tasks):
+            task.cancel()
+        for task in list(self._track_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+_CANDIDATE = re.compile(r"^a=candidate:(.*)$")
+
+
+def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
+    """Remove candidate lines from an SDP; return them as trickle payloads (mid, m-line index)."""
+    lines, candidates = [], []
+    mline = -1
+    mid: str | None = None
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            mline += 1
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:"):]
+        m = _CANDIDATE.match(line)
+        if m:
+            candidates.append({"candidate": f"candidate:{m.group(1)}", "sdpMLineIndex": mline,
+                               "sdpMid": mid or str(mline)})
+            continue
+        if line.startswith("a=end-of-candidates"):
+            continue
+        lines.append(line)
+    # aiortc bundles everything on the first transport; trickle only its candidates.
+    first = [c for c in candidates if c["sdpMLineIndex"] == 0]
+    return "\r\n".join(lines) + "\r\n", first
+
+
+def ufrags(sdp: str) -> list[str]:
+    return re.findall(r"^a=ice-ufrag:(\S+)", sdp, re.MULTILINE)
