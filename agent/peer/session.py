@@ -255,6 +255,7 @@ class PeerSession:
         self._last_remote_offer = offer.sdp
         self._begin_negotiation()
         await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(offer.sdp), "offer"))
+        self._attach_local_tracks(pc, add_missing=False)
         await self._flush_candidates()
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
@@ -339,10 +340,7 @@ class PeerSession:
             assert pc is not None
             if pc.signalingState != "stable":
                 return  # an offer/answer exchange is already under way
-            kinds = {t.kind for t in pc.getTransceivers()}
-            for kind in ("audio", "video"):
-                if kind not in kinds:
-                    pc.addTransceiver(kind, direction="recvonly")
+            self._attach_local_tracks(pc, add_missing=True)
             self._begin_negotiation()
             offer = await pc.createOffer()
             await pc.setLocalDescription(offer)
@@ -380,8 +378,6 @@ class PeerSession:
         self._seen_candidates.clear()
         self._last_rx = -1
         self._last_rx_at = time.monotonic()
-        for track in self.hooks.local_tracks():
-            pc.addTrack(track)
 
         @pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -395,6 +391,33 @@ class PeerSession:
                 task = self._tasks.create_task(_quietly(consumer), name=f"track-{track.kind}")
                 self._track_tasks.add(task)
                 task.add_done_callback(self._track_tasks.discard)
+
+    def _attach_local_tracks(self, pc: RTCPeerConnection, *, add_missing: bool) -> None:
+        """Give every transceiver without a track one of ours, of its kind.
+
+        When answering, tracks must go onto the transceivers the remote offer created: aiortc
+        fails to answer when a transceiver added beforehand has no m-line in the offer. When
+        offering (`add_missing`), kinds without a transceiver get one, receive-only if the agent
+        has nothing to send, so the remote's media always has an m-line to arrive on.
+        """
+        tracks = {track.kind: track for track in self.hooks.local_tracks()}
+        kinds = set()
+        for transceiver in pc.getTransceivers():
+            kinds.add(transceiver.kind)
+            if transceiver.sender.track is None and transceiver.kind in tracks:
+                transceiver.sender.replaceTrack(tracks.pop(transceiver.kind))
+                if transceiver.direction == "recvonly":
+                    transceiver.direction = "sendrecv"
+        if add_missing:
+            for kind in ("audio", "video"):
+                if kind in kinds:
+                    continue
+                if kind in tracks:
+                    pc.addTrack(tracks.pop(kind))
+                else:
+                    pc.addTransceiver(kind, direction="recvonly")
+        for unused in tracks.values():
+            unused.stop()
 
     def _on_connection_state(self, state: str) -> None:
         if state == "connected":

@@ -34,7 +34,7 @@ class Meeting:
     server: Any  # DevServerProcess
     id: str
     users: dict[str, str]  # name -> user id
-    tokens: dict[str, str]  # name -> token
+    tokens: dict[str, str] = field(repr=False)  # name -> token (kept out of failure output)
 
     def peer(self, name: str, **kwargs: Any) -> RemotePeer:
         return RemotePeer(self.server.url, self.tokens[name], self.id, self.users[name], **kwargs)
