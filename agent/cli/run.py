@@ -64,6 +64,7 @@ from agent.cli.loop import run_async
 def run_command(config_file: Path | None, **flags: Any) -> int:
     """Join a meeting and stay until SIGINT or SIGTERM."""
     from agent.config import ConfigError, load_settings
+    from agent.convex import ConvexError
     from agent.roles.bot import run_role
 
     flags["ice_host_addresses"] = list(flags["ice_host_addresses"]) or None
@@ -72,4 +73,10 @@ def run_command(config_file: Path | None, **flags: Any) -> int:
         settings = load_settings(config_file, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    return run_async(run_role(settings))
+    try:
+        return run_async(run_role(settings))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ConvexError as exc:
+        # Could not join: unreachable backend, rejected token, not a participant...
+        raise click.ClickException(f"backend: {exc}") from None

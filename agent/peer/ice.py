@@ -110,6 +110,12 @@ def ice_ufrags(sdp: str) -> tuple[str, ...]:
     return tuple(_UFRAG.findall(sdp))
 
 
+def is_ice_restart(previous_sdp: str, offer_sdp: str) -> bool:
+    """True when an m-line present before got new ICE credentials (added m-lines do not count)."""
+    before, after = ice_ufrags(previous_sdp), ice_ufrags(offer_sdp)
+    return any(old != new for old, new in zip(before, after, strict=False))
+
+
 def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
     return [
         RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers

@@ -33,7 +33,13 @@ from aiortc import (
 )
 
 from agent.convex import ConvexError
-from agent.peer.ice import CandidateError, ice_ufrags, parse_candidate, sanitize_sdp
+from agent.peer.ice import (
+    CandidateError,
+    ice_ufrags,
+    is_ice_restart,
+    parse_candidate,
+    sanitize_sdp,
+)
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IceCandidate, SessionDescription, Signal
 
@@ -240,11 +246,10 @@ class PeerSession:
         if collision and not self.polite:
             log.info("%s: glare, impolite side ignores the remote offer", self)
             return "ignored"
-        remote_ufrags = ice_ufrags(offer.sdp)
         restart = (
             pc is not None
             and pc.remoteDescription is not None
-            and ice_ufrags(pc.remoteDescription.sdp) != remote_ufrags
+            and is_ice_restart(pc.remoteDescription.sdp, offer.sdp)
         )
         if pc is None or collision or restart or pc.connectionState in ("failed", "closed"):
             # aiortc can neither roll back nor restart ICE in place: start from a fresh connection.

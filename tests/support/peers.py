@@ -229,7 +229,7 @@ class RemotePeer:
             restart = (
                 pc is not None
                 and pc.remoteDescription is not None
-                and ufrags(pc.remoteDescription.sdp) != ufrags(data["sdp"])
+                and ufrags(pc.remoteDescription.sdp)[:1] != ufrags(data["sdp"])[:1]
             )
             if pc is None or glare or restart:
                 await self._new_pc()

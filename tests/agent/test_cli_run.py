@@ -1,0 +1,88 @@
+"""`connvo-agent run` as a real process: joins, connects, and leaves cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.agent.conftest import Meeting
+from tests.agent.test_negotiation import TIMEOUT
+
+
+async def start_agent(meeting: Meeting, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
+    token_file = tmp_path / "token"
+    token_file.write_text(meeting.tokens["bot"])
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run",
+        "--url", meeting.server.url, "--token-file", str(token_file),
+        "--meeting", meeting.id, "--state-dir", str(tmp_path / "state"),
+        "--ice-host", "127.0.0.1", "--log-level", "debug", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def bot_session_states(meeting: Meeting, peer) -> dict[str, str]:
+    active = await peer.call("meetings/webrtc/signaling/getActiveSessions", meetingId=meeting.id)
+    return {s["sessionId"]: s["state"] for s in active if s["userId"] == meeting.users["bot"]}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Path,
+                                                 signum: int) -> None:
+    proc = await start_agent(meeting, tmp_path, "--audio", "tone", "--video", "testsrc")
+    try:
+        async with meeting.peer("alice") as alice:
+            async with asyncio.timeout(TIMEOUT):
+                while not await bot_session_states(meeting, alice):
+                    await asyncio.sleep(0.05)
+            await alice.offer(meeting.users["bot"])
+            async with asyncio.timeout(TIMEOUT):
+                await alice.connected.wait()
+                await alice.received.audio.wait()
+                await alice.received.video.wait()
+            sent_at = time.monotonic()
+            proc.send_signal(signum)
+            async with asyncio.timeout(5.0):
+                code = await proc.wait()
+            assert code == 0
+            assert time.monotonic() - sent_at < 5.0
+            _, stderr = await proc.communicate()
+            log = stderr.decode()
+            # Closed, reported and left at the backend:
+            assert await bot_session_states(meeting, alice) == {}
+            participants = await alice.call("meetings/queries/listMeetingParticipants",
+                                            meetingId=meeting.id)
+            bot = next(p for p in participants if p["userId"] == meeting.users["bot"])
+            assert bot["presence"] == "left"
+            assert "received" in log and "left meeting" in log
+            # Debug logging never shows the token.
+            assert meeting.tokens["bot"] not in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--audio", "/nonexistent.wav"], "audio source '/nonexistent.wav'"),
+        (["--metrics-port", "0"], "metrics_port"),
+        (["--metrics-port"], "Option '--metrics-port' requires an argument"),
+        (["--no-such-flag"], "No such option: --no-such-flag"),
+    ],
+)
+async def test_bad_flags_exit_with_one_line(meeting: Meeting, tmp_path: Path, args, message):
+    proc = await start_agent(meeting, tmp_path, *args)
+    async with asyncio.timeout(TIMEOUT):
+        _, stderr = await proc.communicate()
+    lines = [line for line in stderr.decode().splitlines() if line.strip()]
+    assert proc.returncode != 0
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("connvo-agent: error:")
+    assert message in lines[0]

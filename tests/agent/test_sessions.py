@@ -1,0 +1,108 @@
+"""Longer session behaviour: renegotiation, ICE restart, several peers, backlogs, ID orders."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.agent.conftest import Meeting, make_meeting
+from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
+
+
+async def test_renegotiation_remote_adds_video(meeting: Meeting, agent_factory) -> None:
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice", video=False) as alice:
+        await alice.offer(meeting.users["bot"])
+        async with asyncio.timeout(TIMEOUT):
+            await alice.connected.wait()
+            await agent.frames_event(alice.session_id, "audio").wait()
+        assert not agent.frames_event(alice.session_id, "video").is_set()
+        await alice.add_video()
+        async with asyncio.timeout(TIMEOUT):
+            await agent.frames_event(alice.session_id, "video").wait()
+        session = agent.session(alice.session_id)
+        assert session.state == "connected"
+        assert session.stats.replaced_connections == 0  # renegotiated in place
+
+
+async def test_remote_ice_restart(meeting: Meeting, agent_factory) -> None:
+    """The remote restarts ICE (new credentials): the agent follows on a fresh connection."""
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        session.connected.clear()
+        await alice.offer(meeting.users["bot"], restart=True)
+        async with asyncio.timeout(TIMEOUT):
+            await alice.connected.wait()
+            await session.connected.wait()
+        assert session.stats.replaced_connections == 1
+    applied_once(agent)
+
+
+async def test_agent_restarts_ice_when_media_stops(meeting: Meeting, agent_factory) -> None:
+    """The remote's connection dies silently: the agent notices the silence and restarts ICE."""
+    agent = await agent_factory(meeting, media_timeout=1.0, ice_restart_after=0.5)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        await alice._close_pc()  # the remote's connection vanishes; it keeps signalling
+        async with asyncio.timeout(TIMEOUT):
+            while session.state != "disconnected":
+                await asyncio.sleep(0.05)
+            await alice.connected.wait()
+            await session.connected.wait()
+        assert session.stats.ice_restarts >= 1
+        assert alice.offers_received >= 1  # the restart came from the agent
+
+
+async def test_mesh_of_three_peers(meeting: Meeting, agent_factory) -> None:
+    agent = await agent_factory(meeting)
+    async with (
+        meeting.peer("alice") as alice,
+        meeting.peer("bob") as bob,
+        meeting.peer("carol") as carol,
+    ):
+        for peer in (alice, bob, carol):
+            await peer.offer(meeting.users["bot"])
+        await asyncio.gather(*(media_both_ways(agent, p) for p in (alice, bob, carol)))
+        assert {s.remote_user_id for s in agent.manager.sessions.values()} == {
+            meeting.users["alice"], meeting.users["bob"], meeting.users["carol"]
+        }
+    applied_once(agent)
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+@pytest.mark.parametrize("ids", ["random", "ordered"])
+async def test_generations_and_id_orders(devserver_factory, agent_factory, generation,
+                                         ids) -> None:
+    meeting = make_meeting(devserver_factory(generation=generation, ids=ids))
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"], trickle=True, end_of_candidates=True)
+        await media_both_ways(agent, alice)
+    applied_once(agent)
+
+
+async def test_stale_backlog_generation_1(devserver_factory, agent_factory) -> None:
+    """250 unprocessed signals from a dead session sit in front: generation 1 returns nothing
+    newer until they are acknowledged. The agent drains them and still connects."""
+    meeting = make_meeting(devserver_factory(generation=1, ids="random"))
+    async with meeting.peer("carol") as ghost:
+        for i in range(250):
+            await ghost.send_ice(
+                {"candidate": f"candidate:{i} 1 udp 1 127.0.0.1 {10000 + i} typ host",
+                 "sdpMid": "0", "sdpMLineIndex": 0},
+                meeting.users["bot"],
+            )
+        await ghost.crash()
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+    poller = agent.participant.poller
+    assert poller.stats.received == 251  # 250 stale candidates and the offer
+    applied_once(agent)
