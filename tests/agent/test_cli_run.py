@@ -74,7 +74,7 @@ async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Pat
         (["--audio", "/nonexistent.wav"], "audio source '/nonexistent.wav'"),
         (["--metrics-port", "0"], "metrics_port"),
         (["--metrics-port"], "Option '--metrics-port' requires an argument"),
-        (["--no-such-flag"], "No such option: --no-such-flag"),
+        (["--no-such-flag"], "No such option '--no-such-flag'"),
     ],
 )
 async def test_bad_flags_exit_with_one_line(meeting: Meeting, tmp_path: Path, args, message):
