@@ -35,6 +35,8 @@ class BotReport:
 
     received: dict[str, ReceivedMedia] = field(default_factory=dict)
     time_to_connected: dict[str, float] = field(default_factory=dict)
+    # set when the first remote track arrives
+    first_track: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -90,6 +92,7 @@ class Bot:
 
     def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
         media = self.report.received.setdefault(session.remote_session_id, ReceivedMedia())
+        self.report.first_track.set()
         return media.consume(track)
 
     def _on_state(self, session: PeerSession) -> None:
