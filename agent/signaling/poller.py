@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ PAGE_SIZE = 50  # the server's cap: a page this long means more may be waiting
 MAX_PAGES_PER_CYCLE = 8  # bound one drain so a huge backlog still gets applied in slices
 CURSOR_KEY = "cursor"
 # A poll failing with one of these codes means this identity can no longer read the meeting.
+LATENCY_SAMPLES = 10_000
 FATAL_CODES = frozenset({"FORBIDDEN", "NOT_FOUND", "MEETING_NOT_ACTIVE"})
 
 
@@ -85,8 +87,10 @@ class PollerStats:
     acked: int = 0
     ack_failures: int = 0
     poll_errors: int = 0
-    # seconds from server insert to handled, for latency reports
-    latencies: list[float] = field(default_factory=list)
+    # seconds from server insert to handled (bounded: the most recent ones), for reports; the
+    # "active" ones were fetched while polling fast (negotiating), the rest by an idle poll
+    idle_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    active_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
 
 class SignalPoller:
@@ -113,14 +117,13 @@ class SignalPoller:
         self.ack_delay = ack_delay
         self.stats = PollerStats()
         self.observer: PollerObserver = observer or _NoObserver()
-        self._in_flight: set[str] = set()  # delivered, not yet handled
+        self._in_flight: dict[str, bool] = {}  # delivered, not yet handled -> fetched while active
         self._ack_queue: dict[str, None] = dict.fromkeys(store.unacked())  # ordered set
         self._ack_wake = asyncio.Event()
         self._poll_wake = asyncio.Event()
         self._last_activity = -1e9
         self._interval = fast_interval
         self._cursor: str | None = store.get_meta(CURSOR_KEY)
-        self.keep_latencies = True
 
     # --- called by the owner and the sessions ------------------------------------------------
 
@@ -131,12 +134,12 @@ class SignalPoller:
 
     def handled(self, signal: Signal, outcome: str = "applied") -> None:
         """A delivered signal was applied, rejected or ignored: record it and acknowledge it."""
-        self._in_flight.discard(signal.id)
+        active = self._in_flight.pop(signal.id, False)
         self.store.record(signal.id, outcome)
         self._queue_ack(signal.id)
         self.observer.handled(outcome)
-        if self.keep_latencies:
-            self.stats.latencies.append(max(0.0, time.time() - signal.timestamp / 1000.0))
+        latency = max(0.0, time.time() - signal.timestamp / 1000.0)
+        (self.stats.active_latencies if active else self.stats.idle_latencies).append(latency)
 
     async def run(self) -> None:
         """Poll until cancelled. Raises FunctionError when the meeting is no longer readable."""
@@ -201,6 +204,7 @@ class SignalPoller:
         """
         batch: dict[str, Signal] = {}
         full = False
+        active = self._interval <= self.fast_interval
         for _ in range(MAX_PAGES_PER_CYCLE):
             started = time.perf_counter()
             page = await self.api.get_pending_signals(self.meeting_id, last_signal_id=self._cursor)
@@ -216,7 +220,7 @@ class SignalPoller:
             if not full:
                 break
         for signal in sorted(batch.values(), key=send_order):
-            self._in_flight.add(signal.id)
+            self._in_flight[signal.id] = active
             self.sink.deliver(signal)
         if batch:
             self._last_activity = time.monotonic()

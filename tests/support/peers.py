@@ -52,6 +52,7 @@ class RemotePeer:
         audio: bool = True,
         video: bool = True,
         poll_interval: float = 0.02,
+        connected_poll_interval: float | None = None,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -60,6 +61,8 @@ class RemotePeer:
         self.audio = audio
         self.video = video
         self.poll_interval = poll_interval
+        # once connected, poll this slowly (benchmarks with many peers keep the backend quiet)
+        self.connected_poll_interval = connected_poll_interval or poll_interval
         self._http = httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
         )
@@ -207,7 +210,8 @@ class RemotePeer:
             if ids:
                 with contextlib.suppress(ApiError, httpx.HTTPError):
                     await self.call(f"{SIGNALING}/markSignalsProcessed", signalIds=ids)
-            await asyncio.sleep(self.poll_interval)
+            idle = self.connected.is_set() and not ids
+            await asyncio.sleep(self.connected_poll_interval if idle else self.poll_interval)
 
     async def _apply(self, s: dict[str, Any]) -> None:
         self.remote_user_id = s["fromUserId"]

@@ -1,0 +1,75 @@
+"""Child process of the benchmarks: N scripted remote peers that offer to the agent at once.
+
+stdin: one JSON object {url, meeting, target, peers: [{token, user_id}], audio, video}, then a
+line "go" to offer, then EOF to leave. stdout: one JSON line per peer once connected
+{user_id, session_id, offer_to_connected_s}, then {"done": true}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.peer.ice import restrict_host_addresses
+from tests.support.peers import RemotePeer
+
+CONNECT_TIMEOUT_S = 60.0
+
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    spec = json.loads(await reader.readline())
+    restrict_host_addresses(["127.0.0.1"])
+    peers = [
+        RemotePeer(
+            spec["url"],
+            p["token"],
+            spec["meeting"],
+            p["user_id"],
+            audio=spec.get("audio", True),
+            video=spec.get("video", False),
+            poll_interval=0.02,
+            connected_poll_interval=1.0,
+        )
+        for p in spec["peers"]
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for peer in peers:
+            await stack.enter_async_context(peer)
+        print(json.dumps({"ready": True}), flush=True)
+        await reader.readline()  # "go"
+
+        async def offer(peer: RemotePeer) -> None:
+            started = time.perf_counter()
+            trickle = spec.get("trickle", False)
+            await peer.offer(spec["target"], trickle=trickle, end_of_candidates=trickle)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await peer.connected.wait()
+            elapsed = time.perf_counter() - started if peer.connected.is_set() else None
+            print(
+                json.dumps(
+                    {
+                        "user_id": peer.user_id,
+                        "session_id": peer.session_id,
+                        "offer_to_connected_s": elapsed,
+                    }
+                ),
+                flush=True,
+            )
+
+        await asyncio.gather(*(offer(p) for p in peers))
+        print(json.dumps({"done": True}), flush=True)
+        await reader.read()  # stay in the meeting until the parent closes stdin
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,191 @@
+"""Signal latency, offer-to-connected time and idle request rate of the agent's poller.
+
+For 1 and 50 concurrent sessions, the agent (in this process, with its real poller) answers
+remote aiortc peers (in a child process) over a dev backend (another process), all on loopback.
+Each row is measured twice in the same run: with the agent's adaptive poller, and with a
+fixed-interval baseline (the same agent polling every 250 ms).
+
+Figures:
+- signal latency p50/p99: server insert -> applied by the agent, for signals fetched while the
+  agent was negotiating (polling fast); `idle-found` is the latency of signals an idle poll found
+  (the first offer of a call), bounded by the idle interval;
+- offer->connected p50: agent side, offer applied -> connection connected; and end to end at the
+  peer, offer sent -> connected (this one includes the idle poll that finds the first offer);
+- idle requests per second of the agent's identity, measured at the backend with all sessions
+  connected and nothing to negotiate.
+
+    python bench/signal_latency.py [--sessions 1 50] [--idle-seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.convex import ConvexClient, TokenSource  # noqa: E402
+from agent.devserver.process import DevServerProcess  # noqa: E402
+from agent.media import MediaSources  # noqa: E402
+from agent.peer.ice import restrict_host_addresses  # noqa: E402
+from agent.peer.participant import ParticipantSettings  # noqa: E402
+from agent.roles.bot import Bot  # noqa: E402
+from agent.signaling.api import ConnvoApi  # noqa: E402
+
+FIXED_INTERVAL_S = 0.25
+
+
+@dataclass
+class Row:
+    sessions: int
+    poller: str
+    connected: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    idle_found_p50_ms: float | None
+    agent_offer_to_connected_p50_ms: float | None
+    peer_offer_to_connected_p50_ms: float | None
+    idle_requests_per_s: float
+
+
+def pct(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def scenario(sessions: int, poller: str, idle_seconds: float, workdir: Path) -> Row:
+    with DevServerProcess(workdir / f"{poller}-{sessions}.sqlite") as server:
+        names = [f"p{i:03d}" for i in range(sessions)]
+        meeting_id = server.meeting("bot", names)
+        peers = [{"token": server.token(n), "user_id": server.user_id(n)} for n in names]
+        fast, idle = (FIXED_INTERVAL_S, FIXED_INTERVAL_S) if poller == "fixed" else (0.02, 1.25)
+        settings = ParticipantSettings(
+            meeting_id=meeting_id,
+            state_dir=workdir / f"state-{poller}-{sessions}",
+            poll_fast_interval=fast,
+            poll_idle_interval=idle,
+        )
+        client = ConvexClient(server.url, TokenSource(value=server.token("bot")))
+        bot = Bot(ConnvoApi(client), settings, MediaSources.open("silence", "none"))
+        stop = asyncio.Event()
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "bench" / "peers_worker.py"),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert worker.stdin is not None and worker.stdout is not None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(bot.run(stop))
+                await bot.participant.joined.wait()
+                spec = {
+                    "url": server.url,
+                    "meeting": meeting_id,
+                    "target": server.user_id("bot"),
+                    "peers": peers,
+                    "trickle": True,
+                }
+                worker.stdin.write(json.dumps(spec).encode() + b"\n")
+                await worker.stdin.drain()
+                json.loads(await worker.stdout.readline())  # ready
+                worker.stdin.write(b"go\n")
+                await worker.stdin.drain()
+                peer_times: list[float] = []
+                while True:
+                    line = json.loads(await worker.stdout.readline())
+                    if line.get("done"):
+                        break
+                    if line["offer_to_connected_s"] is not None:
+                        peer_times.append(line["offer_to_connected_s"])
+                # Settle: let the poller back off to idle, then count its requests.
+                await asyncio.sleep(settings.poll_recent_window + 3 * idle)
+                server.reset_stats()
+                await asyncio.sleep(idle_seconds)
+                stats = server.stats()
+                bot_user = server.user_id("bot")
+                idle_rate = stats["users"].get(bot_user, 0) / stats["elapsedS"]
+                manager = bot.participant.manager
+                poller_stats = bot.participant.poller.stats  # type: ignore[union-attr]
+                assert manager is not None
+                agent_times = [
+                    s.time_to_connected
+                    for s in manager.sessions.values()
+                    if s.time_to_connected is not None
+                ]
+                active = list(poller_stats.active_latencies)
+                found_idle = list(poller_stats.idle_latencies)
+                stop.set()
+        finally:
+            worker.stdin.close()
+            await worker.wait()
+            bot.sources.close()
+            await client.aclose()
+    return Row(
+        sessions=sessions,
+        poller="adaptive" if poller == "adaptive" else f"fixed {FIXED_INTERVAL_S * 1000:.0f} ms",
+        connected=len(peer_times),
+        latency_p50_ms=pct(active, 0.50),
+        latency_p99_ms=pct(active, 0.99),
+        idle_found_p50_ms=pct(found_idle, 0.50),
+        agent_offer_to_connected_p50_ms=pct(agent_times, 0.50),
+        peer_offer_to_connected_p50_ms=pct(peer_times, 0.50),
+        idle_requests_per_s=idle_rate,
+    )
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.0f}{unit}" if value >= 10 else f"{value:.1f}{unit}"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (
+        f"{'sessions':>8} {'poller':<14} {'conn':>5} {'sig p50':>8} {'sig p99':>8} "
+        f"{'idle-found':>10} {'agent o->c':>11} {'peer o->c':>10} {'idle req/s':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.sessions:>8} {r.poller:<14} {r.connected:>5} {fmt(r.latency_p50_ms, 'ms'):>8} "
+            f"{fmt(r.latency_p99_ms, 'ms'):>8} {fmt(r.idle_found_p50_ms, 'ms'):>10} "
+            f"{fmt(r.agent_offer_to_connected_p50_ms, 'ms'):>11} "
+            f"{fmt(r.peer_offer_to_connected_p50_ms, 'ms'):>10} {r.idle_requests_per_s:>10.2f}"
+        )
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    restrict_host_addresses(["127.0.0.1"])
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-signal-") as tmp:
+        for sessions in args.sessions:
+            for poller in ("adaptive", "fixed"):
+                started = time.monotonic()
+                rows.append(await scenario(sessions, poller, args.idle_seconds, Path(tmp)))
+                print(
+                    f"# {sessions} sessions, {poller}: {time.monotonic() - started:.0f} s",
+                    file=sys.stderr,
+                )
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
