@@ -1,7 +1,8 @@
 """Child process of the benchmarks: N scripted remote peers that offer to the agent at once.
 
-stdin: one JSON object {url, meeting, target, peers: [{token, user_id}], audio, video}, then a
-line "go" to offer, then EOF to leave. stdout: one JSON line per peer once connected
+stdin: one JSON object {url, meeting, target, peers: [{token, user_id}], audio, video, trickle,
+candidate_delay, sequential, gap_s, seed}, then a line "go" to offer, then EOF to leave.
+stdout: one JSON line per peer once connected
 {user_id, session_id, offer_to_connected_s}, then {"done": true}.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -50,7 +52,12 @@ async def main() -> None:
         async def offer(peer: RemotePeer) -> None:
             started = time.perf_counter()
             trickle = spec.get("trickle", False)
-            await peer.offer(spec["target"], trickle=trickle, end_of_candidates=trickle)
+            await peer.offer(
+                spec["target"],
+                trickle=trickle,
+                end_of_candidates=trickle,
+                candidate_delay=spec.get("candidate_delay", 0.0),
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     await peer.connected.wait()
@@ -66,7 +73,14 @@ async def main() -> None:
                 flush=True,
             )
 
-        await asyncio.gather(*(offer(p) for p in peers))
+        if spec.get("sequential"):
+            # One call at a time, at random moments relative to the agent's polling.
+            rng = random.Random(spec.get("seed", 1))
+            for peer in peers:
+                await asyncio.sleep(rng.uniform(*spec.get("gap_s", (0.3, 1.5))))
+                await offer(peer)
+        else:
+            await asyncio.gather(*(offer(p) for p in peers))
         print(json.dumps({"done": True}), flush=True)
         await reader.read()  # stay in the meeting until the parent closes stdin
 

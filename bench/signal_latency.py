@@ -6,6 +6,9 @@ Each row is measured twice in the same run: with the agent's adaptive poller, an
 fixed-interval baseline (the same agent polling every 250 ms).
 
 Figures:
+The 1-session case is 10 calls one after another (at random moments); 50 sessions call at once.
+Remote peers trickle their candidates 20 ms after the offer, as a browser's gathering would.
+
 - signal latency p50/p99: server insert -> applied by the agent, for signals fetched while the
   agent was negotiating (polling fast); `idle-found` is the latency of signals an idle poll found
   (the first offer of a call), bounded by the idle interval;
@@ -63,9 +66,13 @@ def pct(values: Sequence[float], q: float) -> float | None:
     return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def scenario(sessions: int, poller: str, idle_seconds: float, workdir: Path) -> Row:
+async def scenario(
+    sessions: int, poller: str, idle_seconds: float, rounds: int, workdir: Path
+) -> Row:
+    # One session at a time is measured over `rounds` sequential calls; more at once in one burst.
+    sequential = sessions == 1
     with DevServerProcess(workdir / f"{poller}-{sessions}.sqlite") as server:
-        names = [f"p{i:03d}" for i in range(sessions)]
+        names = [f"p{i:03d}" for i in range(rounds if sequential else sessions)]
         meeting_id = server.meeting("bot", names)
         peers = [{"token": server.token(n), "user_id": server.user_id(n)} for n in names]
         fast, idle = (FIXED_INTERVAL_S, FIXED_INTERVAL_S) if poller == "fixed" else (0.02, 1.25)
@@ -99,6 +106,8 @@ async def scenario(sessions: int, poller: str, idle_seconds: float, workdir: Pat
                 worker.stdin.write(json.dumps(spec).encode() + b"\n")
                 await worker.stdin.drain()
                 json.loads(await worker.stdout.readline())  # ready
+                # Let the agent settle into idle polling first, as it would be before a call.
+                await asyncio.sleep(settings.poll_recent_window + 3 * idle)
                 worker.stdin.write(b"go\n")
                 await worker.stdin.drain()
                 peer_times: list[float] = []
@@ -168,6 +177,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="sequential calls measured for the 1-session case"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     restrict_host_addresses(["127.0.0.1"])
@@ -176,7 +188,9 @@ async def main(argv: list[str] | None = None) -> int:
         for sessions in args.sessions:
             for poller in ("adaptive", "fixed"):
                 started = time.monotonic()
-                rows.append(await scenario(sessions, poller, args.idle_seconds, Path(tmp)))
+                rows.append(
+                    await scenario(sessions, poller, args.idle_seconds, args.rounds, Path(tmp))
+                )
                 print(
                     f"# {sessions} sessions, {poller}: {time.monotonic() - started:.0f} s",
                     file=sys.stderr,

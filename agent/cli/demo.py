@@ -8,10 +8,19 @@ from agent.cli.loop import run_async
 
 
 @click.command("demo")
-@click.option("--seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="How long media flows once both sides are connected.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="warning", show_default=True)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="How long media flows once both sides are connected.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
 def demo_command(seconds: float, log_level: str) -> int:
     """Start a dev backend, a bot and a second participant; show media flowing both ways."""
     from agent.logsetup import setup_logging

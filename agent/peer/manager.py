@@ -79,6 +79,7 @@ class SessionManager:
         self._report_wake = asyncio.Event()
         self._reported: tuple[SessionState, int] | None = None
         self.ready = asyncio.Event()
+        self._opened = asyncio.Event()  # set and replaced whenever a session opens
 
     def bind_poller(self, handled: Callable[[Signal, str], None], kick: Callable[[], None]) -> None:
         self._handled = handled
@@ -151,6 +152,12 @@ class SessionManager:
             tasks.create_task(self._discovery_loop(), name="discovery")
             await asyncio.Event().wait()  # until cancelled by the owner
 
+    async def wait_session(self, remote_session_id: str) -> PeerSession:
+        """The session with that remote session id, once it exists (wrap in asyncio.timeout)."""
+        while remote_session_id not in self.sessions:
+            await self._opened.wait()
+        return self.sessions[remote_session_id]
+
     async def close_all(self, reason: str) -> None:
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
@@ -173,6 +180,8 @@ class SessionManager:
         )
         self.sessions[remote_session_id] = session
         self._tasks.create_task(session.run(), name=f"session-{remote_session_id}")
+        opened, self._opened = self._opened, asyncio.Event()
+        opened.set()
         self._report_wake.set()
         return session
 

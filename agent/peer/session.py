@@ -142,6 +142,7 @@ class PeerSession:
         self.close_reason: str | None = None
         self.connected = asyncio.Event()  # set on every (re)connection; for tests and reports
         self.closed = asyncio.Event()
+        self._state_event = asyncio.Event()  # set and replaced on every state change
         self._inbox: asyncio.Queue[_Command] = asyncio.Queue()
         self._tasks: asyncio.TaskGroup | None = None
         self._track_tasks: set[asyncio.Task[None]] = set()
@@ -176,6 +177,11 @@ class PeerSession:
             await self._shutdown(reason)
             return
         await self.closed.wait()
+
+    async def wait_state(self, *states: PeerState) -> None:
+        """Return once the session is in one of `states` (wrap in asyncio.timeout)."""
+        while self.state not in states:
+            await self._state_event.wait()
 
     @property
     def negotiating(self) -> bool:
@@ -447,6 +453,8 @@ class PeerSession:
         if state is not self.state:
             log.debug("%s -> %s", self, state)
             self.state = state
+            event, self._state_event = self._state_event, asyncio.Event()
+            event.set()
             self.hooks.state_changed(self)
 
     # --- liveness ----------------------------------------------------------------------------

@@ -121,6 +121,7 @@ class SignalPoller:
         self._ack_queue: dict[str, None] = dict.fromkeys(store.unacked())  # ordered set
         self._ack_wake = asyncio.Event()
         self._poll_wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set and replaced whenever a signal is handled
         self._last_activity = -1e9
         self._interval = fast_interval
         self._cursor: str | None = store.get_meta(CURSOR_KEY)
@@ -138,8 +139,19 @@ class SignalPoller:
         self.store.record(signal.id, outcome)
         self._queue_ack(signal.id)
         self.observer.handled(outcome)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
         latency = max(0.0, time.time() - signal.timestamp / 1000.0)
         (self.stats.active_latencies if active else self.stats.idle_latencies).append(latency)
+
+    async def next_change(self) -> None:
+        """Return after the next signal is handled (for tests and reports)."""
+        await self._changed.wait()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing delivered and still waiting to be handled."""
+        return not self._in_flight
 
     async def run(self) -> None:
         """Poll until cancelled. Raises FunctionError when the meeting is no longer readable."""

@@ -1,4 +1,4 @@
-"""Fixtures for agent tests: a meeting on a real dev backend, and agents running in the test loop."""
+"""Fixtures for agent tests: a meeting on a real dev backend, agents running in the test loop."""
 
 from __future__ import annotations
 
@@ -77,11 +77,6 @@ class RunningAgent:
     def frames_event(self, remote_session_id: str, kind: str) -> asyncio.Event:
         return self.first_frames.setdefault((remote_session_id, kind), asyncio.Event())
 
-    async def wait_session(self, remote_session_id: str, timeout: float = 10.0) -> PeerSession:
-        async with asyncio.timeout(timeout):
-            while remote_session_id not in self.manager.sessions:
-                await asyncio.sleep(0.01)
-        return self.session(remote_session_id)
 
     async def shutdown(self) -> None:
         self.stop.set()

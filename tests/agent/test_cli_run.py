@@ -12,6 +12,7 @@ import pytest
 
 from tests.agent.conftest import Meeting
 from tests.agent.test_negotiation import TIMEOUT
+from tests.support.waiting import poll_until
 
 
 async def start_agent(meeting: Meeting, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
@@ -38,8 +39,7 @@ async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Pat
     try:
         async with meeting.peer("alice") as alice:
             async with asyncio.timeout(TIMEOUT):
-                while not await bot_session_states(meeting, alice):
-                    await asyncio.sleep(0.05)
+                await poll_until(lambda: bot_session_states(meeting, alice))
             await alice.offer(meeting.users["bot"])
             async with asyncio.timeout(TIMEOUT):
                 await alice.connected.wait()

@@ -35,7 +35,8 @@ async def test_answer_path(meeting: Meeting, agent_factory) -> None:
         session = agent.session(alice.session_id)
         assert session.remote_user_id == meeting.users["alice"]
         assert session.time_to_connected is not None
-        answer = await alice.wait_signal(lambda s: s["data"].get("type") == "answer")
+        async with asyncio.timeout(TIMEOUT):
+            answer = await alice.wait_signal(lambda s: s["data"].get("type") == "answer")
         # The answer comes from the agent's own session and was targeted at alice only.
         assert answer["sessionId"] == agent.participant.local.session_id
         assert answer["fromUserId"] == meeting.users["bot"]
@@ -73,8 +74,8 @@ async def test_duplicated_signals_are_harmless(meeting: Meeting, agent_factory) 
         await media_both_ways(agent, alice)
         poller = agent.participant.poller
         async with asyncio.timeout(TIMEOUT):
-            while poller.stats.received < sent or poller._in_flight:
-                await asyncio.sleep(0.02)
+            while poller.stats.received < sent or not poller.idle:
+                await poller.next_change()
         # Two identical offers (a retried mutation) produce one answer.
         answers = [s for s in alice.signals if s["data"].get("type") == "answer"]
         assert len(answers) == 1
@@ -102,6 +103,6 @@ async def test_signal_from_wrong_user_rejected(meeting: Meeting, agent_factory) 
         await bob.send_sdp("offer", "v=0\r\n", meeting.users["bot"])
         async with asyncio.timeout(TIMEOUT):
             while not agent.manager.rejected:
-                await asyncio.sleep(0.02)
+                await agent.participant.poller.next_change()
         assert agent.session(alice.session_id).state == "connected"
         assert agent.session(alice.session_id).remote_user_id == meeting.users["alice"]

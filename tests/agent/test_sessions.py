@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from agent.peer.session import PeerState
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
 
@@ -51,8 +52,7 @@ async def test_agent_restarts_ice_when_media_stops(meeting: Meeting, agent_facto
         session = agent.session(alice.session_id)
         await alice._close_pc()  # the remote's connection vanishes; it keeps signalling
         async with asyncio.timeout(TIMEOUT):
-            while session.state != "disconnected":
-                await asyncio.sleep(0.05)
+            await session.wait_state(PeerState.DISCONNECTED)
             await alice.connected.wait()
             await session.connected.wait()
         assert session.stats.ice_restarts >= 1

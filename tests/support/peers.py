@@ -139,6 +139,7 @@ class RemotePeer:
         end_of_candidates: bool = False,
         restart: bool = False,
         duplicate: bool = False,
+        candidate_delay: float = 0.0,
     ) -> int:
         """Send an offer to the agent (trickle: candidates as separate ICE signals).
 
@@ -165,6 +166,8 @@ class RemotePeer:
             await self.send_sdp("offer", offer_sdp, target_user_id)
         if not candidates_first:
             for c in candidates:
+                if candidate_delay:
+                    await asyncio.sleep(candidate_delay)  # as a browser's gathering would
                 await self.send_ice(c, target_user_id)
                 if duplicate:
                     await self.send_ice(c, target_user_id)
@@ -182,14 +185,14 @@ class RemotePeer:
 
     # --- receiving ---------------------------------------------------------------------------
 
-    async def wait_signal(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for s in self.signals:
-                    if predicate(s):
-                        return s
-                self._signal_event.clear()
-                await self._signal_event.wait()
+    async def wait_signal(self, predicate: Any) -> dict[str, Any]:
+        """The first received signal matching `predicate` (wrap in asyncio.timeout)."""
+        while True:
+            for s in self.signals:
+                if predicate(s):
+                    return s
+            self._signal_event.clear()
+            await self._signal_event.wait()
 
     async def _poll_loop(self) -> None:
         while True:
