@@ -86,3 +86,39 @@ async def test_bad_flags_exit_with_one_line(meeting: Meeting, tmp_path: Path, ar
     assert len(lines) == 1, lines
     assert lines[0].startswith("connvo-agent: error:")
     assert message in lines[0]
+
+
+async def test_metrics_served_while_running(meeting: Meeting, tmp_path: Path) -> None:
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await start_agent(meeting, tmp_path, "--metrics-port", str(port), "--video", "none")
+    try:
+        async with meeting.peer("alice") as alice:
+            async with asyncio.timeout(TIMEOUT):
+                await poll_until(lambda: bot_session_states(meeting, alice))
+            await alice.offer(meeting.users["bot"])
+            async with asyncio.timeout(TIMEOUT):
+                await alice.received.audio.wait()
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            values = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+            assert values["connvo_agent_signals_applied_total"] >= 1
+            assert values['connvo_agent_sessions{state="connected"}'] == 1
+            assert values["connvo_agent_time_to_connected_seconds_count"] == 1
+            assert meeting.tokens["bot"] not in text
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(5.0):
+                assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -106,3 +106,22 @@ async def test_stale_backlog_generation_1(devserver_factory, agent_factory) -> N
     poller = agent.participant.poller
     assert poller.stats.received == 251  # 250 stale candidates and the offer
     applied_once(agent)
+
+
+async def test_cancelled_agent_still_leaves(meeting: Meeting, agent_factory) -> None:
+    """Cancelling the participant's task (not a clean stop) still closes, reports and leaves."""
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        agent.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await agent.task
+        assert session.state == "closed" and session.pc is None
+        active = await alice.call("meetings/webrtc/signaling/getActiveSessions",
+                                  meetingId=meeting.id)
+        assert all(s["userId"] != meeting.users["bot"] for s in active)
+        people = await alice.call("meetings/queries/listMeetingParticipants",
+                                  meetingId=meeting.id)
+        assert next(p for p in people if p["userId"] == meeting.users["bot"])["presence"] == "left"

@@ -142,7 +142,13 @@ def _pending_gen2(ctx: Context, args: GetPendingSignalsArgs) -> list[Row]:
 def get_pending_signals(ctx: Context, args: GetPendingSignalsArgs) -> list[dict[str, Any]]:
     participant_of(ctx, args.meetingId)
     rows = _pending_gen1(ctx, args) if ctx.generation == 1 else _pending_gen2(ctx, args)
-    return [_signal_doc(r) for r in rows]
+    docs = [_signal_doc(r) for r in rows]
+    if ctx.generation == 2:
+        # Extension: generation 2 mixes direct and broadcast rows, so each row says which it is
+        # (null = broadcast). The published result shape has no field for it.
+        for doc, row in zip(docs, rows, strict=True):
+            doc["toUserId"] = row["to_user_id"]
+    return docs
 
 
 def _mark_gen1(ctx: Context, args: MarkSignalsProcessedArgs) -> None:

@@ -1,0 +1,94 @@
+"""ConvexClient against the dev backend over real HTTP: envelopes, typed errors, retries, tokens."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.convex import (
+    AuthError,
+    ConvexClient,
+    FunctionError,
+    RetryPolicy,
+    TokenSource,
+    TransientError,
+)
+
+WHO = "users/queries/getCurrentUser"
+FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
+
+
+def calls(server: Any, function: str = WHO) -> int:
+    return int(server.stats()["functions"].get(function, 0))
+
+
+async def test_success_and_typed_function_error(devserver: Any) -> None:
+    async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann"))) as client:
+        me = await client.run(WHO, {})
+        assert me["_id"] == devserver.user_id("ann")
+        devserver.reset_stats()
+        with pytest.raises(FunctionError) as info:
+            await client.run("meetings/queries/getMeeting", {"meetingId": "nope"})
+        assert info.value.code == "BAD_ARGS" and "meetingId" in info.value.message
+        # a function error is final: exactly one request
+        assert calls(devserver, "meetings/queries/getMeeting") == 1
+
+
+async def test_500s_are_retried_a_bounded_number_of_times(devserver: Any) -> None:
+    async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")),
+                            retry=FAST) as client:
+        devserver.set_faults(error_rate=1.0, functions=[WHO])
+        devserver.reset_stats()
+        with pytest.raises(TransientError) as info:
+            await client.run(WHO, {})
+        assert info.value.status == 500
+        assert calls(devserver) == 3
+        devserver.set_faults(error_rate=0.5, functions=[WHO], seed=3)
+        generous = RetryPolicy(max_attempts=20, base_delay=0.01, max_delay=0.02)
+        async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")),
+                                retry=generous) as patient:
+            assert (await patient.run(WHO, {}))["_id"] == devserver.user_id("ann")
+
+
+async def test_retry_after_is_honoured(devserver: Any) -> None:
+    devserver.set_faults(rate_limit_rate=1.0, retry_after_s=1, functions=[WHO])
+    async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")),
+                            retry=FAST) as client:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as info:
+            await client.run(WHO, {})
+    assert info.value.status == 429 and info.value.retry_after == pytest.approx(1.0)
+    # three attempts, two waits of at least Retry-After each (backoff alone would be < 0.1 s)
+    assert time.monotonic() - started >= 2.0
+
+
+async def test_dropped_connections_and_timeouts_are_transient(devserver: Any) -> None:
+    token = TokenSource(value=devserver.token("ann"))
+    devserver.set_faults(drop_rate=1.0, functions=[WHO])
+    async with ConvexClient(devserver.url, token, retry=FAST) as client:
+        with pytest.raises(TransientError, match="connection failed"):
+            await client.run(WHO, {})
+    devserver.set_faults(timeout_rate=1.0, timeout_s=5, functions=[WHO])
+    async with ConvexClient(devserver.url, token, retry=RetryPolicy(max_attempts=1),
+                            timeout=0.3) as client:
+        with pytest.raises(TransientError, match="timed out"):
+            await client.run(WHO, {})
+
+
+async def test_auth_errors_and_token_file_rotation(devserver: Any, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("not-a-valid-jwt-token-at-all")
+    async with ConvexClient(devserver.url, TokenSource(path=token_file), retry=FAST) as client:
+        with pytest.raises(AuthError) as info:
+            await client.run(WHO, {})
+        assert "not-a-valid-jwt" not in str(info.value)
+        # the token is rotated in place: the next auth error re-reads the file and succeeds
+        good = devserver.token("ann")
+        token_file.write_text(good + "\n")
+        devserver.reset_stats()
+        assert (await client.run(WHO, {}))["_id"] == devserver.user_id("ann")
+        assert calls(devserver) == 2  # one refused with the old token, one with the new
+        assert good not in repr(client) and good not in repr(TokenSource(path=token_file))
