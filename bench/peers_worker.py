@@ -39,7 +39,7 @@ async def main() -> None:
             audio=spec.get("audio", True),
             video=spec.get("video", False),
             poll_interval=0.02,
-            connected_poll_interval=1.0,
+            idle_poll_interval=spec.get("idle_poll_interval", 1.0),
         )
         for p in spec["peers"]
     ]
@@ -48,6 +48,23 @@ async def main() -> None:
             await stack.enter_async_context(peer)
         print(json.dumps({"ready": True}), flush=True)
         await reader.readline()  # "go"
+        if spec.get("answer_only"):
+            # The agent calls: wait for every peer to be connected by the agent's offers.
+            async def answered(peer: RemotePeer) -> None:
+                started = time.perf_counter()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                        await peer.connected.wait()
+                elapsed = time.perf_counter() - started if peer.connected.is_set() else None
+                print(
+                    json.dumps({"user_id": peer.user_id, "offer_to_connected_s": elapsed}),
+                    flush=True,
+                )
+
+            await asyncio.gather(*(answered(p) for p in peers))
+            print(json.dumps({"done": True}), flush=True)
+            await reader.read()
+            return
 
         async def offer(peer: RemotePeer) -> None:
             started = time.perf_counter()

@@ -7,7 +7,7 @@ fixed-interval baseline (the same agent polling every 250 ms).
 
 Figures:
 The 1-session case is 10 calls one after another (at random moments); 50 sessions call at once.
-Remote peers trickle their candidates 20 ms after the offer, as a browser's gathering would.
+Remote peers trickle their candidates after the offer, 100 ms apart (a browser's STUN gathering).
 
 - signal latency p50/p99: server insert -> applied by the agent, for signals fetched while the
   agent was negotiating (polling fast); `idle-found` is the latency of signals an idle poll found
@@ -17,7 +17,10 @@ Remote peers trickle their candidates 20 ms after the offer, as a browser's gath
 - idle requests per second of the agent's identity, measured at the backend with all sessions
   connected and nothing to negotiate.
 
-    python bench/signal_latency.py [--sessions 1 50] [--idle-seconds 10]
+With --call rows ("agent calls"), the agent offers to 50 waiting peers instead: their answers
+arrive while it negotiates, which is where the negotiating-phase latency is measured at scale.
+
+    python bench/signal_latency.py [--sessions 1 50] [--idle-seconds 10] [--agent-audio none]
 """
 
 from __future__ import annotations
@@ -67,10 +70,17 @@ def pct(values: Sequence[float], q: float) -> float | None:
 
 
 async def scenario(
-    sessions: int, poller: str, idle_seconds: float, rounds: int, workdir: Path
+    sessions: int,
+    poller: str,
+    idle_seconds: float,
+    rounds: int,
+    workdir: Path,
+    agent_calls: bool = False,
+    agent_audio: str = "none",
 ) -> Row:
     # One session at a time is measured over `rounds` sequential calls; more at once in one burst.
-    sequential = sessions == 1
+    # With agent_calls, the peers wait and the agent (--call-everyone) offers to all of them.
+    sequential = sessions == 1 and not agent_calls
     with DevServerProcess(workdir / f"{poller}-{sessions}.sqlite") as server:
         names = [f"p{i:03d}" for i in range(rounds if sequential else sessions)]
         meeting_id = server.meeting("bot", names)
@@ -81,9 +91,10 @@ async def scenario(
             state_dir=workdir / f"state-{poller}-{sessions}",
             poll_fast_interval=fast,
             poll_idle_interval=idle,
+            call_everyone=agent_calls,
         )
         client = ConvexClient(server.url, TokenSource(value=server.token("bot")))
-        bot = Bot(ConnvoApi(client), settings, MediaSources.open("silence", "none"))
+        bot = Bot(ConnvoApi(client), settings, MediaSources.open(agent_audio, "none"))
         stop = asyncio.Event()
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -94,18 +105,27 @@ async def scenario(
         assert worker.stdin is not None and worker.stdout is not None
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(bot.run(stop))
-                await bot.participant.joined.wait()
+                if not agent_calls:
+                    tasks.create_task(bot.run(stop))
+                    await bot.participant.joined.wait()
                 spec = {
                     "url": server.url,
                     "meeting": meeting_id,
                     "target": server.user_id("bot"),
                     "peers": peers,
                     "trickle": True,
+                    "candidate_delay": 0.1,
+                    "sequential": sequential,
+                    "answer_only": agent_calls,
+                    # a browser waiting for a call polls slowly too; 50 of them at 4/s
+                    "idle_poll_interval": 0.25 if agent_calls else 1.0,
                 }
                 worker.stdin.write(json.dumps(spec).encode() + b"\n")
                 await worker.stdin.drain()
                 json.loads(await worker.stdout.readline())  # ready
+                if agent_calls:
+                    tasks.create_task(bot.run(stop))  # finds the peers at its first discovery
+                    await bot.participant.joined.wait()
                 # Let the agent settle into idle polling first, as it would be before a call.
                 await asyncio.sleep(settings.poll_recent_window + 3 * idle)
                 worker.stdin.write(b"go\n")
@@ -132,6 +152,11 @@ async def scenario(
                     for s in manager.sessions.values()
                     if s.time_to_connected is not None
                 ]
+                print(
+                    f"# poller: {poller_stats.polls} polls, {poller_stats.received} signals, "
+                    f"{poller_stats.poll_errors} errors, {poller_stats.duplicates} duplicates",
+                    file=sys.stderr,
+                )
                 active = list(poller_stats.active_latencies)
                 found_idle = list(poller_stats.idle_latencies)
                 stop.set()
@@ -140,15 +165,16 @@ async def scenario(
             await worker.wait()
             bot.sources.close()
             await client.aclose()
+    label = "adaptive" if poller == "adaptive" else f"fixed {FIXED_INTERVAL_S * 1000:.0f} ms"
     return Row(
         sessions=sessions,
-        poller="adaptive" if poller == "adaptive" else f"fixed {FIXED_INTERVAL_S * 1000:.0f} ms",
+        poller=label + (" (agent calls)" if agent_calls else ""),
         connected=len(peer_times),
         latency_p50_ms=pct(active, 0.50),
         latency_p99_ms=pct(active, 0.99),
         idle_found_p50_ms=pct(found_idle, 0.50),
         agent_offer_to_connected_p50_ms=pct(agent_times, 0.50),
-        peer_offer_to_connected_p50_ms=pct(peer_times, 0.50),
+        peer_offer_to_connected_p50_ms=None if agent_calls else pct(peer_times, 0.50),
         idle_requests_per_s=idle_rate,
     )
 
@@ -159,14 +185,14 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def print_table(rows: list[Row]) -> None:
     header = (
-        f"{'sessions':>8} {'poller':<14} {'conn':>5} {'sig p50':>8} {'sig p99':>8} "
+        f"{'sessions':>8} {'poller':<28} {'conn':>5} {'sig p50':>8} {'sig p99':>8} "
         f"{'idle-found':>10} {'agent o->c':>11} {'peer o->c':>10} {'idle req/s':>10}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r.sessions:>8} {r.poller:<14} {r.connected:>5} {fmt(r.latency_p50_ms, 'ms'):>8} "
+            f"{r.sessions:>8} {r.poller:<28} {r.connected:>5} {fmt(r.latency_p50_ms, 'ms'):>8} "
             f"{fmt(r.latency_p99_ms, 'ms'):>8} {fmt(r.idle_found_p50_ms, 'ms'):>10} "
             f"{fmt(r.agent_offer_to_connected_p50_ms, 'ms'):>11} "
             f"{fmt(r.peer_offer_to_connected_p50_ms, 'ms'):>10} {r.idle_requests_per_s:>10.2f}"
@@ -181,20 +207,36 @@ async def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=10, help="sequential calls measured for the 1-session case"
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--agent-audio",
+        default="none",
+        help="what the agent sends: none (signalling only, the default) or silence/tone, which "
+        "adds one Opus encoder per session to the agent's event loop",
+    )
     args = parser.parse_args(argv)
     restrict_host_addresses(["127.0.0.1"])
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-signal-") as tmp:
-        for sessions in args.sessions:
-            for poller in ("adaptive", "fixed"):
-                started = time.monotonic()
-                rows.append(
-                    await scenario(sessions, poller, args.idle_seconds, args.rounds, Path(tmp))
+        plan = [(n, p, False) for n in args.sessions for p in ("adaptive", "fixed")]
+        plan += [(n, p, True) for n in args.sessions if n > 1 for p in ("adaptive", "fixed")]
+        for sessions, poller, agent_calls in plan:
+            started = time.monotonic()
+            rows.append(
+                await scenario(
+                    sessions,
+                    poller,
+                    args.idle_seconds,
+                    args.rounds,
+                    Path(tmp),
+                    agent_calls,
+                    args.agent_audio,
                 )
-                print(
-                    f"# {sessions} sessions, {poller}: {time.monotonic() - started:.0f} s",
-                    file=sys.stderr,
-                )
+            )
+            print(
+                f"# {sessions} sessions, {poller}, agent calls {agent_calls}: "
+                f"{time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))

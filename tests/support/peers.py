@@ -52,7 +52,7 @@ class RemotePeer:
         audio: bool = True,
         video: bool = True,
         poll_interval: float = 0.02,
-        connected_poll_interval: float | None = None,
+        idle_poll_interval: float | None = None,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -61,8 +61,10 @@ class RemotePeer:
         self.audio = audio
         self.video = video
         self.poll_interval = poll_interval
-        # once connected, poll this slowly (benchmarks with many peers keep the backend quiet)
-        self.connected_poll_interval = connected_poll_interval or poll_interval
+        # Poll this slowly unless negotiating (benchmarks with many peers keep the backend quiet).
+        self.idle_poll_interval = idle_poll_interval or poll_interval
+        self._negotiating = False
+        self._wake = asyncio.Event()
         self._http = httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
         )
@@ -116,12 +118,18 @@ class RemotePeer:
 
     # --- sending -----------------------------------------------------------------------------
 
+    def _expect_reply(self) -> None:
+        self._negotiating = True
+        self._wake.set()
+
     async def send_sdp(self, kind: str, sdp: str, target: str | None) -> None:
         args: dict[str, Any] = {"meetingId": self.meeting_id, "sessionId": self.session_id,
                                 "description": {"type": kind, "sdp": sdp}}
         if target is not None:
             args["targetUserId"] = target
         await self.call(f"{SIGNALING}/exchangeSessionDescription", **args)
+        if kind == "offer":
+            self._expect_reply()
 
     async def send_ice(self, candidate: dict[str, Any], target: str | None) -> None:
         args: dict[str, Any] = {"meetingId": self.meeting_id, "sessionId": self.session_id,
@@ -213,8 +221,13 @@ class RemotePeer:
             if ids:
                 with contextlib.suppress(ApiError, httpx.HTTPError):
                     await self.call(f"{SIGNALING}/markSignalsProcessed", signalIds=ids)
-            idle = self.connected.is_set() and not ids
-            await asyncio.sleep(self.connected_poll_interval if idle else self.poll_interval)
+            if ids:
+                self._negotiating = not self.connected.is_set()
+            fast = self._negotiating and not self.connected.is_set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval if fast else self.idle_poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def _apply(self, s: dict[str, Any]) -> None:
         self.remote_user_id = s["fromUserId"]
