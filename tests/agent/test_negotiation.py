@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.agent.conftest import Meeting
+import httpx
+
+from tests.agent.conftest import Meeting, make_meeting
 from tests.support.peers import RemotePeer
 
 TIMEOUT = 15.0
@@ -51,19 +53,30 @@ async def test_offer_path_call_everyone(meeting: Meeting, agent_factory) -> None
         assert alice.answers == 1
 
 
-async def test_trickled_candidates_before_offer_in_same_page(meeting: Meeting,
-                                                             agent_factory) -> None:
-    agent = await agent_factory(meeting)
-    # Stop the agent's poller from seeing half a sequence: pause it by sending everything
-    # while its idle interval runs, then check the page carried candidates before the offer.
+async def test_trickled_candidate_before_its_offer_in_one_page(devserver_factory,
+                                                                agent_factory) -> None:
+    """The candidate is sent (and, with ordered ids, sorts) before its offer, and both wait in
+    the agent's first page: it must buffer the candidate until the offer is applied."""
+    meeting = make_meeting(devserver_factory(ids="ordered"))
     async with meeting.peer("alice", video=False) as alice:
-        await alice.offer(meeting.users["bot"], trickle=True, candidates_first=True,
-                          end_of_candidates=True)
+        sent = await alice.offer(meeting.users["bot"], trickle=True, candidates_first=True,
+                                 end_of_candidates=True)
+        # What the agent's first poll will see: the candidate ahead of its offer, in one page.
+        async with httpx.AsyncClient(base_url=meeting.server.url) as http:
+            response = await http.post(
+                "/api/run/meetings/webrtc/signaling/getPendingSignals",
+                json={"args": {"meetingId": meeting.id}, "format": "json"},
+                headers={"Authorization": f"Bearer {meeting.tokens['bot']}"},
+            )
+        page = response.json()["value"]
+        assert [row["type"] for row in page][:2] == ["ice", "sdp"] and len(page) == sent
+        agent = await agent_factory(meeting)
         async with asyncio.timeout(TIMEOUT):
             await alice.connected.wait()
             await agent.frames_event(alice.session_id, "audio").wait()
-        session = agent.session(alice.session_id)
-        assert session.state == "connected"
+        poller = agent.participant.poller
+        assert poller.stats.received == sent
+        assert agent.session(alice.session_id).state == "connected"
     applied_once(agent)
 
 
