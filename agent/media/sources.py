@@ -50,6 +50,29 @@ class MediaSpecError(ValueError):
     """A source spec that cannot be used; str() is one line naming the spec."""
 
 
+class _Pacer:
+    """Real-time pacing shared by the generated tracks: the next pts, after waiting for its time.
+
+    Same schedule as aiortc's AudioStreamTrack/VideoStreamTrack, on the monotonic clock.
+    """
+
+    def __init__(self, step: int, clock_rate: int) -> None:
+        self._step = step
+        self._clock_rate = clock_rate
+        self._started_at: float | None = None
+        self._pts = 0
+
+    async def next_pts(self) -> int:
+        if self._started_at is None:
+            self._started_at = time.monotonic()
+        else:
+            self._pts += self._step
+            wait = self._started_at + self._pts / self._clock_rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return self._pts
+
+
 class _PacedAudioTrack(AudioStreamTrack):
     """48 kHz mono s16 in 20 ms frames, paced in real time from a pre-rendered loop of samples."""
 
@@ -60,23 +83,15 @@ class _PacedAudioTrack(AudioStreamTrack):
         self._chunks = [
             pcm[i : i + SAMPLES_PER_FRAME].tobytes() for i in range(0, len(pcm), SAMPLES_PER_FRAME)
         ]
-        self._started_at: float | None = None
-        self._pts = 0
+        self._pacer = _Pacer(SAMPLES_PER_FRAME, SAMPLE_RATE)
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
             raise MediaStreamError
-        # Same schedule as aiortc's AudioStreamTrack, on the monotonic clock.
-        if self._started_at is None:
-            self._started_at = time.monotonic()
-        else:
-            self._pts += SAMPLES_PER_FRAME
-            wait = self._started_at + self._pts / SAMPLE_RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._pacer.next_pts()
         frame = AudioFrame(format="s16", layout="mono", samples=SAMPLES_PER_FRAME)
-        frame.planes[0].update(self._chunks[(self._pts // SAMPLES_PER_FRAME) % len(self._chunks)])
-        frame.pts = self._pts
+        frame.planes[0].update(self._chunks[(pts // SAMPLES_PER_FRAME) % len(self._chunks)])
+        frame.pts = pts
         frame.sample_rate = SAMPLE_RATE
         frame.time_base = AUDIO_TIME_BASE
         return frame
@@ -134,22 +149,15 @@ class _TestPatternTrack(VideoStreamTrack):
         super().__init__()
         self._frames = _render_testsrc()
         self._index = 0
-        self._started_at: float | None = None
-        self._pts = 0
+        self._pacer = _Pacer(VIDEO_CLOCK_RATE // TESTSRC_FPS, VIDEO_CLOCK_RATE)
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._started_at is None:
-            self._started_at = time.monotonic()
-        else:
-            self._pts += VIDEO_CLOCK_RATE // TESTSRC_FPS
-            wait = self._started_at + self._pts / VIDEO_CLOCK_RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._pacer.next_pts()
         frame = VideoFrame.from_ndarray(self._frames[self._index], format="yuv420p")
         self._index = (self._index + 1) % len(self._frames)
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = VIDEO_TIME_BASE
         return frame
 

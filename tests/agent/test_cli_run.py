@@ -27,6 +27,13 @@ async def start_agent(meeting: Meeting, tmp_path: Path, *extra: str) -> asyncio.
     )
 
 
+async def call_agent(meeting: Meeting, peer) -> None:
+    """Wait until the agent process has joined (its session shows at the backend), then offer."""
+    async with asyncio.timeout(TIMEOUT):
+        await poll_until(lambda: bot_session_states(meeting, peer))
+    await peer.offer(meeting.users["bot"])
+
+
 async def bot_session_states(meeting: Meeting, peer) -> dict[str, str]:
     active = await peer.call("meetings/webrtc/signaling/getActiveSessions", meetingId=meeting.id)
     return {s["sessionId"]: s["state"] for s in active if s["userId"] == meeting.users["bot"]}
@@ -38,9 +45,7 @@ async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Pat
     proc = await start_agent(meeting, tmp_path, "--audio", "tone", "--video", "testsrc")
     try:
         async with meeting.peer("alice") as alice:
-            async with asyncio.timeout(TIMEOUT):
-                await poll_until(lambda: bot_session_states(meeting, alice))
-            await alice.offer(meeting.users["bot"])
+            await call_agent(meeting, alice)
             async with asyncio.timeout(TIMEOUT):
                 await alice.connected.wait()
                 await alice.received.audio.wait()
@@ -99,9 +104,7 @@ async def test_metrics_served_while_running(meeting: Meeting, tmp_path: Path) ->
     proc = await start_agent(meeting, tmp_path, "--metrics-port", str(port), "--video", "none")
     try:
         async with meeting.peer("alice") as alice:
-            async with asyncio.timeout(TIMEOUT):
-                await poll_until(lambda: bot_session_states(meeting, alice))
-            await alice.offer(meeting.users["bot"])
+            await call_agent(meeting, alice)
             async with asyncio.timeout(TIMEOUT):
                 await alice.received.audio.wait()
             async with httpx.AsyncClient() as http:
