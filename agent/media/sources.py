@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -28,6 +28,9 @@ from aiortc.mediastreams import (
 from av import AudioFrame, VideoFrame
 from av.frame import Frame
 from av.packet import Packet
+
+if TYPE_CHECKING:
+    from agent.media.preencoded import PreencodedAudio
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class MediaSpecError(ValueError):
     """A source spec that cannot be used; str() is one line naming the spec."""
 
 
-class _Pacer:
+class Pacer:
     """Real-time pacing shared by the generated tracks: the next pts, after waiting for its time.
 
     Same schedule as aiortc's AudioStreamTrack/VideoStreamTrack, on the monotonic clock.
@@ -83,7 +86,7 @@ class _PacedAudioTrack(AudioStreamTrack):
         self._chunks = [
             pcm[i : i + SAMPLES_PER_FRAME].tobytes() for i in range(0, len(pcm), SAMPLES_PER_FRAME)
         ]
-        self._pacer = _Pacer(SAMPLES_PER_FRAME, SAMPLE_RATE)
+        self._pacer = Pacer(SAMPLES_PER_FRAME, SAMPLE_RATE)
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
@@ -97,15 +100,22 @@ class _PacedAudioTrack(AudioStreamTrack):
         return frame
 
 
-def tone_track(hz: float = TONE_HZ) -> MediaStreamTrack:
-    # One second holds a whole number of 440 Hz periods, so the loop is seamless.
+def tone_pcm(hz: float = TONE_HZ) -> np.ndarray[Any, np.dtype[np.int16]]:
+    """One second of a sine: a whole number of 440 Hz periods, so the loop is seamless."""
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    pcm = (np.sin(2 * np.pi * hz * t) * TONE_AMPLITUDE * 32767).astype(np.int16)
-    return _PacedAudioTrack(pcm)
+    return (np.sin(2 * np.pi * hz * t) * TONE_AMPLITUDE * 32767).astype(np.int16)
+
+
+def silence_pcm() -> np.ndarray[Any, np.dtype[np.int16]]:
+    return np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+
+
+def tone_track(hz: float = TONE_HZ) -> MediaStreamTrack:
+    return _PacedAudioTrack(tone_pcm(hz))
 
 
 def silence_track() -> MediaStreamTrack:
-    return _PacedAudioTrack(np.zeros(SAMPLES_PER_FRAME, dtype=np.int16))
+    return _PacedAudioTrack(silence_pcm())
 
 
 def _render_testsrc() -> list[np.ndarray[Any, np.dtype[np.uint8]]]:
@@ -149,7 +159,7 @@ class _TestPatternTrack(VideoStreamTrack):
         super().__init__()
         self._frames = _render_testsrc()
         self._index = 0
-        self._pacer = _Pacer(VIDEO_CLOCK_RATE // TESTSRC_FPS, VIDEO_CLOCK_RATE)
+        self._pacer = Pacer(VIDEO_CLOCK_RATE // TESTSRC_FPS, VIDEO_CLOCK_RATE)
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
@@ -294,16 +304,25 @@ class MediaSources:
     """The agent's source tracks and the relay that hands each peer connection its own copy."""
 
     def __init__(
-        self, audio: MediaStreamTrack | None = None, video: MediaStreamTrack | None = None
+        self,
+        audio: MediaStreamTrack | None = None,
+        video: MediaStreamTrack | None = None,
+        preencoded_audio: PreencodedAudio | None = None,
     ) -> None:
         self.audio = audio
         self.video = video
+        # tone and silence are encoded once and replayed to every peer (no encoder per peer)
+        self.preencoded_audio = preencoded_audio
         self.relay = MediaRelay()
         self._closed = False
 
     @classmethod
     def open(cls, audio: str, video: str) -> MediaSources:
         """Open both specs; raises MediaSpecError (and leaves nothing open) if one is invalid."""
+        from agent.media.preencoded import PreencodedAudio  # it builds on this module
+
+        if audio in ("tone", "silence"):
+            return cls(None, open_video_source(video), PreencodedAudio(audio))
         audio_track = open_audio_source(audio)
         try:
             video_track = open_video_source(video)
@@ -315,7 +334,11 @@ class MediaSources:
 
     def audio_for_peer(self) -> MediaStreamTrack | None:
         """A new relayed audio track for one peer connection, or None without audio."""
-        if self._closed or self.audio is None:
+        if self._closed:
+            return None
+        if self.preencoded_audio is not None:
+            return self.preencoded_audio.track()
+        if self.audio is None:
             return None
         # Buffered: audio frames must not be dropped when a sender is briefly late.
         return self.relay.subscribe(self.audio, buffered=True)
@@ -336,6 +359,8 @@ class MediaSources:
         if self._closed:
             return
         self._closed = True
+        if self.preencoded_audio is not None:
+            self.preencoded_audio.stop()
         for track in (self.audio, self.video):
             if track is not None:
                 with contextlib.suppress(Exception):

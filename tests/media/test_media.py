@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
+from av.packet import Packet
 
 from agent.media import (
     FrameCounter,
@@ -19,6 +20,8 @@ from agent.media import (
     open_audio_source,
     open_video_source,
 )
+from agent.media.sources import testsrc_track as make_testsrc
+from agent.media.sources import tone_track
 
 
 def write_wav(path: Path, seconds: float, hz: float = 440.0) -> None:
@@ -140,7 +143,8 @@ def test_invalid_specs_raise_one_line_errors(tmp_path: Path) -> None:
 
 
 async def test_relay_feeds_many_peers_and_close_ends_them() -> None:
-    sources = MediaSources.open("tone", "testsrc")
+    # Generated frames go through the relay (tone/silence from open() are pre-encoded instead).
+    sources = MediaSources(tone_track(), make_testsrc())
     peers = [sources.local_tracks() for _ in range(3)]
     assert all([t.kind for t in tracks] == ["audio", "video"] for tracks in peers)
     assert len({t.id for tracks in peers for t in tracks}) == 6
@@ -160,6 +164,18 @@ async def test_relay_feeds_many_peers_and_close_ends_them() -> None:
         assert (media.video_width, media.video_height) == (320, 240)
         assert all(c.ended for c in media.counters)
     assert sources.audio_for_peer() is None and sources.video_for_peer() is None
+
+
+async def test_open_tone_is_preencoded_and_close_ends_it() -> None:
+    sources = MediaSources.open("tone", "none")
+    tracks = [sources.audio_for_peer() for _ in range(3)]
+    packets = [await t.recv() for t in tracks if t is not None]
+    assert len(packets) == 3 and all(isinstance(p, Packet) for p in packets)
+    assert len({bytes(p) for p in packets}) == 1  # one encoding shared by every peer
+    sources.close()
+    for track in tracks:
+        assert track is not None and track.readyState == "ended"
+    assert sources.audio_for_peer() is None
 
 
 async def test_sources_without_media() -> None:

@@ -1,0 +1,43 @@
+"""Pre-encoded audio over a real aiortc connection: the receiver decodes a 440 Hz tone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
+
+from agent.media.preencoded import PreencodedAudio
+from agent.peer.ice import restrict_host_addresses
+
+
+async def test_preencoded_tone_arrives_as_a_tone() -> None:
+    restrict_host_addresses(["127.0.0.1"])
+    tone = PreencodedAudio("tone")
+    sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    # Two tracks from one encoding: both connections would share the packets.
+    sender.addTrack(tone.track())
+    got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    receiver.on("track", got.put_nowait)
+    try:
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        async with asyncio.timeout(15):
+            track = await got.get()
+            samples = []
+            while sum(len(s) for s in samples) < 48_000:  # one second of decoded audio
+                frame = await track.recv()
+                samples.append(frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0])
+        pcm = np.concatenate(samples)[-24_000:].astype(np.float64)
+        spectrum = np.abs(np.fft.rfft(pcm))
+        peak_hz = np.argmax(spectrum) * 48_000 / len(pcm)
+        assert abs(peak_hz - 440) < 5
+        assert np.sqrt(np.mean(pcm**2)) > 1000  # a tone, not silence
+    finally:
+        await sender.close()
+        await receiver.close()
+        restrict_host_addresses(None)
