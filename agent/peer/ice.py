@@ -20,6 +20,8 @@ from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from agent.signaling.models import IceCandidate, IceServer
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
+_original_get_component_candidates = aioice.ice.Connection.get_component_candidates
+DEFAULT_GATHER_TIMEOUT_S = 1.0
 
 
 class CandidateError(ValueError):
@@ -48,6 +50,38 @@ def restrict_host_addresses(addresses: Sequence[str] | None) -> None:
         ]
 
     aioice.ice.get_host_addresses = pinned
+
+
+def limit_gathering_time(seconds: float | None) -> None:
+    """Wait at most this long for STUN/TURN candidates (process-wide); None restores aioice's 5 s.
+
+    aiortc gathers every candidate inside setLocalDescription, and aioice waits 5 s for a STUN or
+    TURN server that does not answer, so one dead server in the meeting's ICE configuration would
+    delay every offer and answer by 5 s. Host candidates are never waited for; a server that
+    answers after the limit only loses its candidate for that connection.
+    """
+    if seconds is None:
+        setattr(  # noqa: B010 - patching a method; mypy forbids plain assignment
+            aioice.ice.Connection, "get_component_candidates", _original_get_component_candidates
+        )
+        return
+    limit = seconds
+
+    async def bounded(  # same signature as aioice's method
+        self: aioice.ice.Connection,
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109
+    ) -> list[aioice.Candidate]:
+        # aioice annotates the timeout as int but only hands it to asyncio.wait
+        return await _original_get_component_candidates(
+            self,
+            component,
+            addresses,
+            timeout=min(timeout, limit),  # type: ignore[arg-type]
+        )
+
+    setattr(aioice.ice.Connection, "get_component_candidates", bounded)  # noqa: B010
 
 
 def is_ip_literal(host: str) -> bool:

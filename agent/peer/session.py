@@ -34,9 +34,11 @@ from aiortc import (
 
 from agent.convex import ConvexError
 from agent.peer.ice import (
+    DEFAULT_GATHER_TIMEOUT_S,
     CandidateError,
     ice_ufrags,
     is_ice_restart,
+    limit_gathering_time,
     parse_candidate,
     sanitize_sdp,
 )
@@ -70,6 +72,8 @@ class SessionSettings:
     media_timeout: float = 5.0  # no packet at all for this long: disconnected
     liveness_interval: float = 1.0
     max_ice_restarts: int = 3
+    # STUN/TURN gathering never holds an offer or answer longer than this (aioice waits 5 s)
+    gather_timeout: float = DEFAULT_GATHER_TIMEOUT_S
 
 
 class SessionHooks(Protocol):
@@ -384,6 +388,7 @@ class PeerSession:
             self.stats.replaced_connections += 1
             log.info("%s: replacing the peer connection (%s)", self, reason)
             await old.close()
+        limit_gathering_time(self.settings.gather_timeout)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.settings.ice_servers)))
         self.pc = pc
         self._seen_candidates.clear()

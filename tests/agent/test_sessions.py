@@ -125,3 +125,29 @@ async def test_cancelled_agent_still_leaves(meeting: Meeting, agent_factory) -> 
         people = await alice.call("meetings/queries/listMeetingParticipants",
                                   meetingId=meeting.id)
         assert next(p for p in people if p["userId"] == meeting.users["bot"])["presence"] == "left"
+
+
+async def test_unanswered_stun_server_does_not_stall_the_answer(devserver_factory,
+                                                                agent_factory) -> None:
+    """The meeting's ICE servers come from getMeetingConnectionInfo. A STUN server that never
+    answers (a closed port on loopback) would hold aioice's gathering for 5 s; the agent caps it."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, never read: requests go unanswered
+        port = silent.getsockname()[1]
+        server = devserver_factory(ice_servers=[f"stun:127.0.0.1:{port}"])
+        meeting = make_meeting(server)
+        agent = await agent_factory(meeting)
+        assert [s.urls for s in agent.participant.settings.session.ice_servers] == [
+            f"stun:127.0.0.1:{port}"
+        ]
+        async with meeting.peer("alice") as alice:
+            await alice.offer(meeting.users["bot"])
+            async with asyncio.timeout(TIMEOUT):
+                await alice.wait_signal(lambda s: s["data"].get("type") == "answer")
+            session = agent.session(alice.session_id)
+            async with asyncio.timeout(TIMEOUT):
+                await session.wait_state(PeerState.CONNECTED)
+            # offer applied -> connected includes gathering: well under aioice's 5 s
+            assert session.time_to_connected is not None and session.time_to_connected < 3.0
