@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agent.devserver import auth, ids
+from agent.devserver import admin, auth, ids
 from agent.devserver.faults import FaultConfig, Faults
 from agent.devserver.functions import HANDLERS, Context, FunctionError
 from agent.devserver.functions.signaling import PAGE_SIZE
@@ -118,6 +118,13 @@ class Stats:
         }
 
 
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str] = Field(min_length=1, max_length=10_000)
+    ttl_s: float = Field(default=auth.DEFAULT_TTL_S, gt=0, le=30 * 86400)
+
+
 class DevServerApp:
     def __init__(
         self,
@@ -140,6 +147,7 @@ class DevServerApp:
                 Route("/admin/faults", self._faults, methods=["GET", "POST", "DELETE"]),
                 Route("/admin/stats", self._stats, methods=["GET"]),
                 Route("/admin/stats/reset", self._stats_reset, methods=["POST"]),
+                Route("/admin/tokens", self._tokens, methods=["POST"]),
             ],
             exception_handlers={HTTPException: self._http_error},  # type: ignore[dict-item]
         )
@@ -195,6 +203,23 @@ class DevServerApp:
             return denied
         self.stats.reset()
         return JSONResponse(self.stats.snapshot())
+
+    async def _tokens(self, request: Request) -> Response:
+        """Users and bearer tokens for a load run: `{"names": [...], "ttl_s": 86400}`."""
+        if (denied := self._admin_denied(request)) is not None:
+            return denied
+        try:
+            body = TokenRequest.model_validate_json(await request.body())
+            names = [admin.check_name(n) for n in body.names]
+        except (ValidationError, ValueError) as exc:
+            return envelope_error(400, ERR_BAD_ARGS, f"bad token request: {exc}".splitlines()[0])
+        issued = {}
+        with self.store.transaction():
+            rows = {name: self.store.ensure_user(name) for name in dict.fromkeys(names)}
+        for name, row in rows.items():
+            token = auth.issue_token(self.secret, str(row["workos_user_id"]), body.ttl_s)
+            issued[name] = {"token": token, "userId": str(row["id"])}
+        return JSONResponse({"tokens": issued})
 
     # --- /api/run -------------------------------------------------------------------------------
 

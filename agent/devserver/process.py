@@ -226,6 +226,13 @@ class DevServerProcess:
     def clear_faults(self) -> None:
         self._admin("DELETE", "/admin/faults")
 
+    def tokens(self, names: Sequence[str], ttl_s: float | None = None) -> dict[str, Any]:
+        """`{name: {"token", "userId"}}` for many users at once, over HTTP (`/admin/tokens`)."""
+        body: dict[str, Any] = {"names": list(names)}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return dict(self._admin("POST", "/admin/tokens", body)["tokens"])
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._admin("GET", "/admin/stats")
         return result

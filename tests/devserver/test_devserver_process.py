@@ -219,3 +219,22 @@ def test_unusable_db_is_one_line(tmp_path: Path, command: list[str]) -> None:
     assert r.returncode == 1
     assert r.stderr.startswith("connvo-agent: error: cannot use database")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_admin_tokens_issue_working_tokens_and_need_the_key(devserver) -> None:
+    import httpx
+
+    issued = devserver.tokens(["load-0", "load-1"])
+    assert set(issued) == {"load-0", "load-1"}
+    for name, entry in issued.items():
+        me = httpx.post(
+            f"{devserver.url}/api/run/users/queries/getCurrentUser",
+            json={"args": {}, "format": "json"},
+            headers={"Authorization": f"Bearer {entry['token']}"},
+        ).json()
+        assert me["value"]["_id"] == entry["userId"] == devserver.user_id(name)
+    denied = httpx.post(f"{devserver.url}/admin/tokens", json={"names": ["x"]})
+    assert denied.status_code == 401 and denied.json()["status"] == "error"
+    bad = httpx.post(f"{devserver.url}/admin/tokens", json={"names": ["a@b"]},
+                     headers={"X-Admin-Key": devserver.admin_key})
+    assert bad.status_code == 400 and bad.json()["errorData"]["code"] == "BAD_ARGS"
