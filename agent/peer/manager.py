@@ -47,6 +47,8 @@ class ManagerSettings:
     discovery_interval: float = 10.0
     report_interval: float = 60.0  # refresh of the own session's metadata while nothing changes
     min_report_gap: float = 1.0  # state reports are coalesced to at most one per this
+    # with call_everyone: whom to call (e.g. only a hub, for a star topology); None = everyone
+    call_filter: Callable[[ActiveSession], bool] | None = None
 
 
 TrackConsumer = Callable[[PeerSession, MediaStreamTrack], Coroutine[Any, Any, None] | None]
@@ -229,7 +231,8 @@ class SessionManager:
                 assert self._tasks is not None
                 self._tasks.create_task(session.close("no offer arrived"))
         if self.settings.call_everyone:
-            for remote in _newest_per_user(others):
+            wanted = self.settings.call_filter or (lambda remote: True)
+            for remote in _newest_per_user([a for a in others if wanted(a)]):
                 known = {s.remote_user_id for s in self.sessions.values()}
                 if remote.userId not in known and remote.sessionId not in self._closed:
                     self.call(remote.sessionId, remote.userId)

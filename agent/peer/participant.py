@@ -23,6 +23,7 @@ from agent.peer.ice import to_rtc_ice_servers
 from agent.peer.manager import ManagerSettings, SessionManager, TrackConsumer
 from agent.peer.session import LocalIdentity, PeerSession, SessionSettings
 from agent.signaling.api import ConnvoApi
+from agent.signaling.models import ActiveSession
 from agent.signaling.poller import PollerObserver, SignalPoller
 from agent.signaling.state import SignalStateStore, state_file
 
@@ -39,6 +40,7 @@ class ParticipantSettings:
     poll_idle_interval: float = 1.25
     poll_recent_window: float = 3.0
     discovery_interval: float = 10.0
+    call_filter: Callable[[ActiveSession], bool] | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
     # None: take the ICE servers from getMeetingConnectionInfo
     ice_servers_override: list[str] | None = None
@@ -100,6 +102,7 @@ class Participant:
                 session=s.session,
                 call_everyone=s.call_everyone,
                 discovery_interval=s.discovery_interval,
+                call_filter=s.call_filter,
             ),
             local_tracks=self._local_tracks,
             on_track=self._on_track,

@@ -69,7 +69,8 @@ class SessionSettings:
     ice_servers: list[RTCIceServer] = field(default_factory=list)
     session_timeout: float = 30.0  # negotiating this long without connecting: give up
     ice_restart_after: float = 5.0  # disconnected this long: restart ICE
-    media_timeout: float = 5.0  # no packet at all for this long: disconnected
+    # no packet at all for this long: disconnected (math.inf: connections that carry no media)
+    media_timeout: float = 5.0
     liveness_interval: float = 1.0
     max_ice_restarts: int = 3
     # STUN/TURN gathering never holds an offer or answer longer than this (aioice waits 5 s)
