@@ -18,11 +18,14 @@ def cli() -> None:
 def _register_subcommands() -> None:
     # Imported here so `connvo-agent --help` stays fast and each layer owns its own commands.
     from agent.cli.demo import demo_command
+    from agent.cli.load import load_command, report_group
     from agent.cli.run import run_command
     from agent.devserver.cli import devserver
 
     cli.add_command(run_command)
     cli.add_command(demo_command)
+    cli.add_command(load_command)
+    cli.add_command(report_group)
     cli.add_command(devserver)
 
 

@@ -492,7 +492,8 @@ class PeerSession:
         pc = self.pc
         if pc is None:
             return
-        received = 0
+        received = lost = 0
+        jitters = []
         for report in (await pc.getStats()).values():
             kind = getattr(report, "type", "")
             if kind == "transport":
@@ -500,8 +501,12 @@ class PeerSession:
             elif kind == "remote-inbound-rtp":
                 self.stats.rtt = report.roundTripTime
             elif kind == "inbound-rtp":
-                self.stats.packets_lost = report.packetsLost
-                self.stats.jitter = report.jitter
+                lost += report.packetsLost
+                # aiortc reports jitter in RTP timestamp units: 48 kHz audio, 90 kHz video
+                jitters.append(report.jitter / (90_000 if report.kind == "video" else 48_000))
+        self.stats.packets_lost = lost
+        if jitters:
+            self.stats.jitter = max(jitters)
         self.stats.packets_received = received
         if received > self._last_rx:
             self._last_rx = received

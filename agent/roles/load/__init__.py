@@ -1,0 +1,1 @@
+"""`connvo-agent load`: many simulated participants with real signalling, ICE, DTLS and SRTP."""

@@ -1,0 +1,93 @@
+"""What a load run does: the command's flags, checked, plus who is who."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Topology = Literal["mesh", "star"]
+MediaMode = Literal["full", "preencoded", "none"]
+
+
+class PlanError(ValueError):
+    """A bad combination of flags; str() is one line."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not match:
+            raise PlanError(f"--shard: expected I/N (e.g. 0/4), got {text!r}")
+        index, count = int(match.group(1)), int(match.group(2))
+        if count < 1 or not 0 <= index < count:
+            raise PlanError(f"--shard: need 0 <= I < N, got {text!r}")
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    url: str
+    meetings: int
+    peers_per_meeting: int
+    duration: float
+    report_dir: Path
+    ramp: float = 10.0  # participants started per second (whole run)
+    topology: Topology = "mesh"
+    media: MediaMode = "preencoded"
+    tokens_file: Path | None = None
+    admin_key: str | None = None  # dev backend: mint identities with /admin/tokens
+    procs: int = 1
+    shard: Shard = field(default_factory=Shard)
+    ice_host_addresses: tuple[str, ...] = ()
+    connect_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.meetings < 1 or self.peers_per_meeting < 2:
+            raise PlanError("--meetings must be >= 1 and --peers-per-meeting >= 2")
+        if self.duration <= 0 or self.ramp <= 0:
+            raise PlanError("--duration and --ramp must be positive")
+        if self.procs < 1:
+            raise PlanError("--procs must be >= 1")
+        if self.tokens_file is None and not self.admin_key:
+            raise PlanError(
+                "identities: give --tokens FILE, or the dev backend's admin key "
+                "(--admin-key or CONNVO_DEVSERVER_ADMIN_KEY) to create them"
+            )
+
+    @property
+    def participants(self) -> int:
+        return self.meetings * self.peers_per_meeting
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as reported (never the admin key)."""
+        data = asdict(self)
+        data.pop("admin_key")
+        data["report_dir"] = str(self.report_dir)
+        data["tokens_file"] = str(self.tokens_file) if self.tokens_file else None
+        data["shard"] = str(self.shard)
+        return data
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One simulated participant: a real user with its own token, in one meeting."""
+
+    name: str
+    token: str
+    user_id: str
+    meeting_id: str = ""
+    hub: bool = False  # star topology: the participant everyone else calls
+    hub_user_id: str | None = None  # star topology: whom this participant calls
+
+    def __repr__(self) -> str:  # never show the token
+        return f"Identity({self.name}, user={self.user_id}, meeting={self.meeting_id})"

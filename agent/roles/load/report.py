@@ -1,0 +1,259 @@
+"""Load reports: `report.json` (raw samples, so shards merge exactly) and a self-contained
+`report.html` whose plots are inline SVG drawn with matplotlib."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from agent.roles.load.worker import percentile
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+
+class ReportError(ValueError):
+    """A report that cannot be read or merged; str() is one line."""
+
+
+def _pcts(values: list[float], scale: float = 1.0) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    return {
+        "p50": round(scale * percentile(values, 0.50), 2),
+        "p95": round(scale * percentile(values, 0.95), 2),
+        "p99": round(scale * percentile(values, 0.99), 2),
+        "max": round(scale * max(values), 2),
+    }
+
+
+def expected_sessions(report: dict[str, Any]) -> int:
+    """Connections the topology asks for, counted at both ends."""
+    plan = report["plan"]
+    n, meetings = plan["peers_per_meeting"], plan["meetings"] * len(report["shards"])
+    per_meeting = n * (n - 1) if plan["topology"] == "mesh" else 2 * (n - 1)
+    return int(meetings * per_meeting)
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    participants = report["participants"]
+    sessions = [s for p in participants for s in p["sessions"]]
+    ttc = [s["time_to_connected_s"] for s in sessions if s["time_to_connected_s"] is not None]
+    received = sum(s["packets_received"] for s in sessions)
+    lost = sum(s["packets_lost"] for s in sessions)
+    timeline = report["timeline"]
+    return {
+        "participants": len(participants),
+        "joined": sum(1 for p in participants if p["join_s"] is not None),
+        "join_errors": sum(1 for p in participants if p["error"]),
+        "sessions_expected": expected_sessions(report),
+        "sessions_connected": sum(1 for s in sessions if s["state"] == "connected"),
+        "join_s": _pcts([p["join_s"] for p in participants if p["join_s"] is not None]),
+        "time_to_connected_s": _pcts(ttc),
+        "signal_latency_ms": _pcts([x for p in participants for x in p["signal_latency_ms"]]),
+        "rtt_ms": _pcts([s["rtt_ms"] for s in sessions if s["rtt_ms"] is not None]),
+        "jitter_ms": _pcts([s["jitter_ms"] for s in sessions if s["jitter_ms"] is not None]),
+        "packet_loss_pct": round(100 * lost / (received + lost), 3) if received + lost else None,
+        "peak_packets_per_s": max((row["packets_per_s"] for row in timeline), default=0),
+        "loop_lag_p99_ms_max": max((row["loop_lag_p99_ms"] for row in timeline), default=0),
+    }
+
+
+def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Sum per-second counts of workers or shards (lag: the worst)."""
+    buckets: dict[int, dict[str, Any]] = defaultdict(
+        lambda: {
+            "started": 0,
+            "joined": 0,
+            "connected": 0,
+            "negotiating": 0,
+            "failed": 0,
+            "packets_per_s": 0.0,
+            "loop_lag_p99_ms": 0.0,
+        }
+    )
+    for timeline in timelines:
+        for row in timeline:
+            b = buckets[round(row["t"])]
+            for key in ("started", "joined", "connected", "negotiating", "failed", "packets_per_s"):
+                b[key] += row[key]
+            b["loop_lag_p99_ms"] = max(b["loop_lag_p99_ms"], row["loop_lag_p99_ms"])
+    return [{"t": t, **buckets[t]} for t in sorted(buckets)]
+
+
+def build_report(
+    plan: dict[str, Any],
+    shards: list[str],
+    started_at: float,
+    participants: list[dict[str, Any]],
+    timelines: list[list[dict[str, Any]]],
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "version": 1,
+        "plan": plan,
+        "shards": shards,
+        "started_at": started_at,
+        "participants": participants,
+        "timeline": merge_timelines(timelines),
+    }
+    report["summary"] = summarize(report)
+    return report
+
+
+def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = directory / REPORT_JSON, directory / REPORT_HTML
+    json_path.write_text(json.dumps(report, indent=1))
+    html_path.write_text(render_html(report))
+    return json_path, html_path
+
+
+def read_report(directory: Path) -> dict[str, Any]:
+    path = directory / REPORT_JSON if directory.is_dir() else directory
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    if not isinstance(report, dict) or report.get("version") != 1:
+        raise ReportError(f"{path} is not a connvo-agent load report")
+    return report
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from shard reports of the same plan (identities and meetings are distinct)."""
+    if not reports:
+        raise ReportError("no reports to merge")
+    first = reports[0]["plan"]
+    keys = ("meetings", "peers_per_meeting", "topology", "media")
+    for r in reports[1:]:
+        if any(r["plan"][k] != first[k] for k in keys):
+            raise ReportError("reports come from different plans; merge shards of one run")
+    shards = [s for r in reports for s in r["shards"]]
+    if len(set(shards)) != len(shards):
+        raise ReportError(f"the same shard appears twice: {sorted(shards)}")
+    # shard clocks start a little apart; timelines are aligned on each shard's own start
+    return build_report(
+        first,
+        shards,
+        min(r["started_at"] for r in reports),
+        [p for r in reports for p in r["participants"]],
+        [r["timeline"] for r in reports],
+    )
+
+
+# --- HTML ------------------------------------------------------------------------------------
+
+
+def _svg(draw: Any) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg")
+    finally:
+        plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _hist(values: list[float], xlabel: str) -> Any:
+    def draw(ax: Any) -> None:
+        if values:
+            ax.hist(values, bins=min(40, max(5, len(values) // 3)), color="#3b7dd8")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+
+    return draw
+
+
+def _over_time(timeline: list[dict[str, Any]]) -> Any:
+    def draw(ax: Any) -> None:
+        t = [row["t"] for row in timeline]
+        for key, colour in (
+            ("started", "#999999"),
+            ("connected", "#2a9d3a"),
+            ("negotiating", "#e0a020"),
+            ("failed", "#d03030"),
+        ):
+            ax.plot(t, [row[key] for row in timeline], label=key, color=colour)
+        ax.set_xlabel("seconds since start")
+        ax.set_ylabel("participants / connections")
+        ax.legend(loc="upper left", fontsize="small")
+
+    return draw
+
+
+def render_html(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    sessions = [x for p in report["participants"] for x in p["sessions"]]
+    plots = [
+        (
+            "Time to connected",
+            _hist(
+                [
+                    x["time_to_connected_s"]
+                    for x in sessions
+                    if x["time_to_connected_s"] is not None
+                ],
+                "seconds",
+            ),
+        ),
+        ("Participants and connections over time", _over_time(report["timeline"])),
+        (
+            "Signal latency (server insert to applied)",
+            _hist([v for p in report["participants"] for v in p["signal_latency_ms"]], "ms"),
+        ),
+        (
+            "Round-trip time (getStats)",
+            _hist([x["rtt_ms"] for x in sessions if x["rtt_ms"] is not None], "ms"),
+        ),
+        (
+            "Jitter (getStats)",
+            _hist([x["jitter_ms"] for x in sessions if x["jitter_ms"] is not None], "ms"),
+        ),
+        (
+            "Packet loss per connection",
+            _hist(
+                [
+                    100 * x["packets_lost"] / (x["packets_received"] + x["packets_lost"])
+                    for x in sessions
+                    if x["packets_received"] + x["packets_lost"]
+                ],
+                "%",
+            ),
+        ),
+    ]
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
+        for k, v in s.items()
+    )
+    plan = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in report["plan"].items()
+    )
+    figures = "".join(f"<h2>{html.escape(title)}</h2>{_svg(draw)}" for title, draw in plots)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>connvo-agent load report</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
+table{{border-collapse:collapse}}
+th,td{{text-align:left;padding:.2em .8em;border-bottom:1px solid #ddd}}
+</style></head><body>
+<h1>connvo-agent load report</h1>
+<p>Shards: {html.escape(", ".join(report["shards"]))}</p>
+<h2>Summary</h2><table>{rows}</table>
+<h2>Plan</h2><table>{plan}</table>
+{figures}
+</body></html>
+"""

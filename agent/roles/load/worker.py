@@ -1,0 +1,284 @@
+"""One load worker: a slice of the participants on one event loop (one process, one core).
+
+Each simulated participant is a full `Participant` (its own token, session, poller, connections).
+The worker starts them at its share of the ramp rate, samples the event loop's lag and the sessions'
+states once a second, holds the full population for the run's duration, then lets everyone leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiortc import MediaStreamTrack
+
+from agent.convex import ConvexClient, RetryPolicy, TokenSource, make_http_client
+from agent.media import ReceivedMedia
+from agent.media.counting import skip_decoding
+from agent.media.preencoded import PreencodedAudio
+from agent.media.sources import tone_track
+from agent.peer.ice import restrict_host_addresses
+from agent.peer.participant import Participant, ParticipantSettings
+from agent.peer.session import PeerSession, PeerState, SessionSettings
+from agent.roles.load.plan import Identity, LoadPlan
+from agent.signaling.api import ConnvoApi
+from agent.signaling.models import ActiveSession
+
+SAMPLE_INTERVAL_S = 1.0
+LAG_PROBE_S = 0.05
+
+
+@dataclass
+class SessionResult:
+    remote_user_id: str
+    state: str
+    time_to_connected_s: float | None
+    rtt_ms: float | None
+    jitter_ms: float | None
+    packets_received: int
+    packets_lost: int
+
+
+@dataclass
+class ParticipantResult:
+    name: str
+    meeting_id: str
+    join_s: float | None  # start -> own session created and polling
+    error: str | None
+    sessions: list[SessionResult] = field(default_factory=list)
+    signal_latency_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Sample:
+    """One second of one worker: counts over its participants."""
+
+    t: float  # seconds since the run's start
+    started: int
+    joined: int
+    connected: int
+    negotiating: int
+    failed: int
+    packets_per_s: float
+    loop_lag_p99_ms: float
+    time_to_connected_s: list[float] = field(default_factory=list)  # new since the last sample
+
+
+@dataclass
+class WorkerResult:
+    worker: int
+    participants: list[ParticipantResult]
+    samples: list[Sample]
+
+
+class _Running:
+    def __init__(self, identity: Identity, participant: Participant, stop: asyncio.Event) -> None:
+        self.identity = identity
+        self.participant = participant
+        self.stop = stop
+        self.started_at = time.monotonic()
+        self.error: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.final: list[SessionResult] = []
+
+
+class LoadWorker:
+    def __init__(
+        self,
+        plan: LoadPlan,
+        identities: list[Identity],
+        *,
+        worker: int = 0,
+        state_dir: Path,
+        emit: Callable[[Sample], None] = lambda sample: None,
+    ) -> None:
+        self.plan = plan
+        self.identities = identities
+        self.worker = worker
+        self.state_dir = state_dir
+        self.emit = emit
+        self.running: list[_Running] = []
+        self.samples: list[Sample] = []
+        self._lags: list[float] = []
+        self._reported_ttc: set[int] = set()
+        self._last_packets = 0
+        self._preencoded: PreencodedAudio | None = None
+
+    async def run(self, t0: float) -> WorkerResult:
+        """Run until `t0` (a time.time()) + ramp + duration, then leave; t0 is shared by workers."""
+        plan = self.plan
+        if plan.ice_host_addresses:
+            restrict_host_addresses(list(plan.ice_host_addresses))
+        if plan.media == "preencoded":
+            skip_decoding()
+            self._preencoded = PreencodedAudio("tone")
+        rate = plan.ramp / plan.procs
+        end = t0 + plan.participants / plan.ramp + plan.duration
+        http = make_http_client(max_connections=min(1000, 4 * len(self.identities) + 10))
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                lag = tasks.create_task(self._probe_lag())
+                sampler = tasks.create_task(self._sample_loop(t0))
+                for k, identity in enumerate(self.identities):
+                    await _sleep_until(t0 + k / rate)
+                    self._start(identity, http, tasks)
+                await _sleep_until(end)
+                self._sample(t0)
+                for r in self.running:
+                    # what each connection looked like at the end of the hold, before leaving
+                    r.final = [_session_result(s) for s in _sessions(r)]
+                    r.stop.set()
+                await asyncio.gather(*(r.task for r in self.running if r.task))
+                lag.cancel()
+                sampler.cancel()
+        finally:
+            await http.aclose()
+            if self._preencoded is not None:
+                self._preencoded.stop()
+        return WorkerResult(self.worker, [self._result(r) for r in self.running], self.samples)
+
+    # --- participants ------------------------------------------------------------------------
+
+    def _start(self, identity: Identity, http: Any, tasks: asyncio.TaskGroup) -> None:
+        plan = self.plan
+        api = ConnvoApi(
+            ConvexClient(
+                plan.url,
+                TokenSource(value=identity.token),
+                http=http,
+                retry=RetryPolicy(max_attempts=8, max_delay=5.0),
+            )
+        )
+        hub = identity.hub_user_id
+        call_filter: Callable[[ActiveSession], bool] | None = None
+        if hub is not None:
+            call_filter = lambda remote, hub=hub: remote.userId == hub  # noqa: E731
+        settings = ParticipantSettings(
+            meeting_id=identity.meeting_id,
+            state_dir=self.state_dir / identity.name,
+            # mesh: newcomers call whoever is there; star: spokes call the hub, the hub answers
+            call_everyone=not identity.hub,
+            call_filter=call_filter,
+            discovery_interval=2.0,
+            session=SessionSettings(
+                session_timeout=plan.connect_timeout,
+                media_timeout=math.inf if plan.media == "none" else 10.0,
+            ),
+        )
+        stop = asyncio.Event()
+        participant = Participant(
+            api,
+            settings,
+            local_tracks=self._local_tracks,
+            on_track=self._on_track if plan.media == "full" else None,
+        )
+        running = _Running(identity, participant, stop)
+        running.task = tasks.create_task(self._run_one(running))
+        self.running.append(running)
+
+    async def _run_one(self, running: _Running) -> None:
+        try:
+            await running.participant.run(running.stop)
+        except Exception as exc:  # one participant's failure is a figure, not the run's end
+            running.error = f"{type(exc).__name__}: {exc}"[:300]
+
+    def _local_tracks(self) -> list[MediaStreamTrack]:
+        if self.plan.media == "preencoded" and self._preencoded is not None:
+            return [self._preencoded.track()]
+        if self.plan.media == "full":
+            return [tone_track()]  # its own encoder, like a real participant's
+        return []
+
+    def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
+        return ReceivedMedia().consume(track)  # decodes every frame, like a real participant
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    async def _probe_lag(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_S)
+            self._lags.append(max(0.0, time.monotonic() - before - LAG_PROBE_S))
+
+    async def _sample_loop(self, t0: float) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+            self._sample(t0)
+
+    def _sample(self, t0: float) -> None:
+        sessions = [s for r in self.running for s in _sessions(r)]
+        states = [s.state for s in sessions]
+        packets = sum(s.stats.packets_received for s in sessions)
+        new_ttc = []
+        for s in sessions:
+            if s.time_to_connected is not None and id(s) not in self._reported_ttc:
+                self._reported_ttc.add(id(s))
+                new_ttc.append(s.time_to_connected)
+        lags, self._lags = self._lags, []
+        sample = Sample(
+            t=round(time.time() - t0, 3),
+            started=len(self.running),
+            joined=sum(1 for r in self.running if r.participant.joined.is_set()),
+            connected=states.count(PeerState.CONNECTED),
+            negotiating=sum(1 for s in states if s in (PeerState.NEW, PeerState.NEGOTIATING)),
+            failed=sum(1 for r in self.running if r.error)
+            + sum(1 for s in states if s is PeerState.FAILED),
+            packets_per_s=max(0, packets - self._last_packets) / SAMPLE_INTERVAL_S,
+            loop_lag_p99_ms=1000 * percentile(lags, 0.99) if lags else 0.0,
+            time_to_connected_s=new_ttc,
+        )
+        self._last_packets = packets
+        self.samples.append(sample)
+        self.emit(sample)
+
+    def _result(self, running: _Running) -> ParticipantResult:
+        p = running.participant
+        join = p.joined_at - running.started_at if p.joined_at is not None else None
+        latencies: list[float] = []
+        if p.poller is not None:
+            latencies = [*p.poller.stats.active_latencies, *p.poller.stats.idle_latencies]
+        return ParticipantResult(
+            name=running.identity.name,
+            meeting_id=running.identity.meeting_id,
+            join_s=join,
+            error=running.error,
+            sessions=running.final,
+            signal_latency_ms=[round(1000 * x, 2) for x in latencies],
+        )
+
+
+def _sessions(running: _Running) -> list[PeerSession]:
+    manager = running.participant.manager
+    return list(manager.sessions.values()) if manager is not None else []
+
+
+def _session_result(s: PeerSession) -> SessionResult:
+    return SessionResult(
+        remote_user_id=s.remote_user_id,
+        state=s.state.value,
+        time_to_connected_s=s.time_to_connected,
+        rtt_ms=None if s.stats.rtt is None else round(1000 * s.stats.rtt, 2),
+        jitter_ms=None if s.stats.jitter is None else round(1000 * s.stats.jitter, 2),
+        packets_received=s.stats.packets_received,
+        packets_lost=s.stats.packets_lost,
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def result_to_dict(result: WorkerResult) -> dict[str, Any]:
+    return asdict(result)
