@@ -111,7 +111,8 @@ _Command = Signal | _Offer | _Close
 @dataclass
 class SessionStats:
     rtt: float | None = None
-    packets_received: int = 0
+    packets_received: int = 0  # by the transport: RTP, RTCP and DTLS
+    rtp_received: int = 0  # RTP packets of the inbound streams
     packets_lost: int = 0
     jitter: float | None = None
     ice_restarts: int = 0
@@ -492,7 +493,7 @@ class PeerSession:
         pc = self.pc
         if pc is None:
             return
-        received = lost = 0
+        received = lost = rtp = 0
         jitters = []
         for report in (await pc.getStats()).values():
             kind = getattr(report, "type", "")
@@ -502,9 +503,11 @@ class PeerSession:
                 self.stats.rtt = report.roundTripTime
             elif kind == "inbound-rtp":
                 lost += report.packetsLost
+                rtp += report.packetsReceived
                 # aiortc reports jitter in RTP timestamp units: 48 kHz audio, 90 kHz video
                 jitters.append(report.jitter / (90_000 if report.kind == "video" else 48_000))
         self.stats.packets_lost = lost
+        self.stats.rtp_received = rtp
         if jitters:
             self.stats.jitter = max(jitters)
         self.stats.packets_received = received

@@ -73,14 +73,28 @@ def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any
             "negotiating": 0,
             "failed": 0,
             "packets_per_s": 0.0,
+            "rtp_per_s": 0.0,
+            "rss_mb": 0.0,
             "loop_lag_p99_ms": 0.0,
         }
     )
     for timeline in timelines:
-        for row in timeline:
-            b = buckets[round(row["t"])]
-            for key in ("started", "joined", "connected", "negotiating", "failed", "packets_per_s"):
-                b[key] += row[key]
+        # one row per second and timeline (the last), then summed across workers or shards
+        per_second = {round(row["t"]): row for row in timeline}
+        for second, row in per_second.items():
+            b = buckets[second]
+            summed = (
+                "started",
+                "joined",
+                "connected",
+                "negotiating",
+                "failed",
+                "packets_per_s",
+                "rtp_per_s",
+                "rss_mb",
+            )
+            for key in summed:
+                b[key] += row.get(key, 0)
             b["loop_lag_p99_ms"] = max(b["loop_lag_p99_ms"], row["loop_lag_p99_ms"])
     return [{"t": t, **buckets[t]} for t in sorted(buckets)]
 

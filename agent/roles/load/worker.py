@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,8 @@ class Sample:
     negotiating: int
     failed: int
     packets_per_s: float
+    rtp_per_s: float  # inbound RTP packets: 50/s per audio stream when nothing is lost
+    rss_mb: float
     loop_lag_p99_ms: float
     time_to_connected_s: list[float] = field(default_factory=list)  # new since the last sample
 
@@ -107,6 +110,7 @@ class LoadWorker:
         self._lags: list[float] = []
         self._reported_ttc: set[int] = set()
         self._last_packets = 0
+        self._last_rtp = 0
         self._preencoded: PreencodedAudio | None = None
 
     async def run(self, t0: float) -> WorkerResult:
@@ -123,6 +127,8 @@ class LoadWorker:
         try:
             async with asyncio.TaskGroup() as tasks:
                 lag = tasks.create_task(self._probe_lag())
+                await _sleep_until(t0)
+                self._sample(t0)  # the baseline: nobody started yet (memory per session)
                 sampler = tasks.create_task(self._sample_loop(t0))
                 for k, identity in enumerate(self.identities):
                     await _sleep_until(t0 + k / rate)
@@ -214,6 +220,7 @@ class LoadWorker:
         sessions = [s for r in self.running for s in _sessions(r)]
         states = [s.state for s in sessions]
         packets = sum(s.stats.packets_received for s in sessions)
+        rtp = sum(s.stats.rtp_received for s in sessions)
         new_ttc = []
         for s in sessions:
             if s.time_to_connected is not None and id(s) not in self._reported_ttc:
@@ -229,10 +236,13 @@ class LoadWorker:
             failed=sum(1 for r in self.running if r.error)
             + sum(1 for s in states if s is PeerState.FAILED),
             packets_per_s=max(0, packets - self._last_packets) / SAMPLE_INTERVAL_S,
+            rtp_per_s=max(0, rtp - self._last_rtp) / SAMPLE_INTERVAL_S,
+            rss_mb=_rss_mb(),
             loop_lag_p99_ms=1000 * percentile(lags, 0.99) if lags else 0.0,
             time_to_connected_s=new_ttc,
         )
         self._last_packets = packets
+        self._last_rtp = rtp
         self.samples.append(sample)
         self.emit(sample)
 
@@ -267,6 +277,15 @@ def _session_result(s: PeerSession) -> SessionResult:
         packets_received=s.stats.packets_received,
         packets_lost=s.stats.packets_lost,
     )
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process (Linux), in MiB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def percentile(values: list[float], q: float) -> float:

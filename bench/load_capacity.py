@@ -1,0 +1,223 @@
+"""How many participants one core holds with audio both ways, per media mode, in one run.
+
+A participant "is held" while at least 95 % of the RTP packets it should receive arrive and the
+event loop's lag p99 stays under 50 ms. Participants are paired (meetings of two, so each sends one
+audio stream and receives one) and all run in ONE worker process, i.e. on one core; the dev backend
+runs in another process. The participant count climbs a ladder until a step fails.
+
+Modes, measured side by side:
+- preencoded: the agent, Opus encoded once for everyone, RTP counted without decoding;
+- full: the agent, every participant encoding and decoding its own audio;
+- aiortc: plain aiortc connection pairs, no agent (no signalling, no backend), encoding and
+  decoding, as the baseline of what the media stack alone costs.
+Also: idle memory per connected session (`--media none`, RSS growth / sessions).
+
+    python bench/load_capacity.py [--ladder 10 20 40 ...] [--hold 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.devserver.process import DevServerProcess  # noqa: E402
+
+PACKETS_PER_S = 50  # 20 ms Opus frames
+MIN_ARRIVAL = 0.95
+MAX_LAG_MS = 50.0
+RAMP_PER_S = 20.0
+SETTLE_S = 2.0
+
+
+def run_agent_step(
+    server: DevServerProcess, media: str, participants: int, hold: float, workdir: Path
+) -> dict[str, Any]:
+    report_dir = workdir / f"{media}-{participants}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "agent",
+        "load",
+        "--url",
+        server.url,
+        "--admin-key",
+        server.admin_key,
+        "--meetings",
+        str(participants // 2),
+        "--peers-per-meeting",
+        "2",
+        "--duration",
+        str(hold + SETTLE_S),
+        "--ramp",
+        str(RAMP_PER_S),
+        "--media",
+        media,
+        "--procs",
+        "1",
+        "--ice-host",
+        "127.0.0.1",
+        "--report",
+        str(report_dir),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return {"ok": False, "error": done.stderr.strip().splitlines()[-1:]}
+    report = json.loads((report_dir / "report.json").read_text())
+    ramp_end = participants / RAMP_PER_S
+    hold_rows = [r for r in report["timeline"] if r["t"] >= ramp_end + SETTLE_S][:-1]
+    connected = report["summary"]["sessions_connected"]
+    expected = report["summary"]["sessions_expected"]
+    received = sum(r["rtp_per_s"] for r in hold_rows)
+    should = PACKETS_PER_S * sum(r["connected"] for r in hold_rows)
+    arrival = received / should if should else 0.0
+    lag = max((r["loop_lag_p99_ms"] for r in hold_rows), default=float("inf"))
+    rss = [r["rss_mb"] for r in report["timeline"]]
+    return {
+        "ok": connected == expected
+        and (media == "none" or arrival >= MIN_ARRIVAL)
+        and lag < MAX_LAG_MS,
+        "connected": f"{connected}/{expected}",
+        "arrival": round(arrival, 3),
+        "lag_p99_ms": round(lag, 1),
+        "rss_first_mb": round(rss[0], 1) if rss else None,
+        "rss_hold_mb": round(max(r["rss_mb"] for r in hold_rows), 1) if hold_rows else None,
+        "sessions": connected,
+    }
+
+
+# --- plain aiortc pairs, no agent -------------------------------------------------------------
+
+
+def _aiortc_pairs(participants: int, hold: float, out: Any) -> None:
+    import uvloop
+
+    from agent.media.sources import tone_track
+    from agent.peer.ice import restrict_host_addresses
+
+    async def main() -> dict[str, Any]:
+        from aiortc import RTCConfiguration, RTCPeerConnection
+        from aiortc.mediastreams import MediaStreamError
+
+        restrict_host_addresses(["127.0.0.1"])
+        pcs: list[RTCPeerConnection] = []
+        counts = [0]
+        lags: list[float] = []
+
+        async def consume(track: Any) -> None:
+            try:
+                while True:
+                    await track.recv()  # decoded, like a real participant
+                    counts[0] += 1
+            except MediaStreamError:
+                pass
+
+        async def probe() -> None:
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.05)
+                lags.append(max(0.0, time.monotonic() - before - 0.05))
+
+        tasks: set[asyncio.Task[None]] = set()
+        prober = asyncio.create_task(probe())
+        for _ in range(participants // 2):
+            a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            for pc in (a, b):
+                pc.addTrack(tone_track())
+                pc.on("track", lambda t: tasks.add(asyncio.create_task(consume(t))))
+                pcs.append(pc)
+            await a.setLocalDescription(await a.createOffer())
+            await b.setRemoteDescription(a.localDescription)
+            await b.setLocalDescription(await b.createAnswer())
+            await a.setRemoteDescription(b.localDescription)
+            await asyncio.sleep(1 / RAMP_PER_S * 2)  # the same ramp as the agent runs
+        await asyncio.sleep(SETTLE_S)
+        lags.clear()
+        start_count, start = counts[0], time.monotonic()
+        await asyncio.sleep(hold)
+        frames = counts[0] - start_count
+        elapsed = time.monotonic() - start
+        connected = sum(1 for pc in pcs if pc.connectionState == "connected")
+        lag = sorted(lags)[int(0.99 * (len(lags) - 1))] * 1000 if lags else float("inf")
+        prober.cancel()
+        for pc in pcs:
+            await pc.close()
+        arrival = frames / (PACKETS_PER_S * participants * elapsed)
+        return {
+            "ok": connected == participants and arrival >= MIN_ARRIVAL and lag < MAX_LAG_MS,
+            "connected": f"{connected}/{participants}",
+            "arrival": round(arrival, 3),
+            "lag_p99_ms": round(lag, 1),
+        }
+
+    out.put(uvloop.run(main()))
+
+
+def run_aiortc_step(participants: int, hold: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    process = context.Process(target=_aiortc_pairs, args=(participants, hold, out))
+    process.start()
+    result: dict[str, Any] = out.get(timeout=600)
+    process.join(timeout=30)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--ladder", type=int, nargs="+", default=[10, 20, 40, 80, 120, 160, 240, 320]
+    )
+    parser.add_argument("--hold", type=float, default=8.0, help="seconds measured per step")
+    parser.add_argument("--modes", nargs="+", default=["preencoded", "full", "aiortc"])
+    parser.add_argument("--memory-sessions", type=int, default=100)
+    args = parser.parse_args(argv)
+    capacity: dict[str, int] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp,
+        DevServerProcess(Path(tmp) / "db.sqlite") as server,
+    ):
+        for mode in args.modes:
+            capacity[mode] = 0
+            for participants in args.ladder:
+                if mode == "aiortc":
+                    step = run_aiortc_step(participants, args.hold)
+                else:
+                    step = run_agent_step(server, mode, participants, args.hold, Path(tmp))
+                print(
+                    f"# {mode:<10} {participants:>4} participants: {json.dumps(step)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if not step["ok"]:
+                    break
+                capacity[mode] = participants
+        idle = run_agent_step(server, "none", args.memory_sessions, args.hold, Path(tmp))
+    print(f"{'mode':<12}{'participants per core':>24}")
+    for mode, held in capacity.items():
+        print(f"{mode:<12}{held:>24}")
+    if capacity.get("full"):
+        print(f"preencoded / full: {capacity.get('preencoded', 0) / capacity['full']:.1f}x")
+    if idle.get("sessions") and idle.get("rss_hold_mb") is not None:
+        per_session = (idle["rss_hold_mb"] - idle["rss_first_mb"]) / idle["sessions"]
+        print(
+            f"idle memory per session: {per_session * 1024:.0f} KiB "
+            f"({idle['sessions']} sessions, media none, {idle['rss_first_mb']} -> "
+            f"{idle['rss_hold_mb']} MiB)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
