@@ -86,6 +86,13 @@ class AgentSettings(BaseSettings):
     call_everyone: bool = False
     out: UserPath | None = None
 
+    # Transcriber.
+    stt_engine: Literal["pocketsphinx", "vosk", "faster-whisper"] = "pocketsphinx"
+    stt_model: UserPath | None = None
+    language: str = Field(default="en-US", min_length=2, max_length=32)
+    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    transcript_interim: bool = False
+
     # Local state, observability, TLS.
     state_dir: UserPath = Field(default_factory=default_state_dir)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

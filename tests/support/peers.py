@@ -21,7 +21,10 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (kept for ad-hoc debugging)
+from aiortc.contrib.media import (
+    MediaBlackhole,  # noqa: F401  (kept for ad-hoc debugging)
+    MediaPlayer,
+)
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
@@ -53,12 +56,17 @@ class RemotePeer:
         video: bool = True,
         poll_interval: float = 0.02,
         idle_poll_interval: float | None = None,
+        audio_file: str | None = None,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
         self.user_id = user_id
         self.session_id = session_id or f"peer-{uuid.uuid4().hex[:12]}"
         self.audio = audio
+        # Play this file (once, in real time) instead of aiortc's silence: a new player per
+        # connection, so each connection hears the file from its start.
+        self.audio_file = audio_file
+        self.players: list[MediaPlayer] = []
         self.video = video
         self.poll_interval = poll_interval
         # Poll this slowly unless negotiating (benchmarks with many peers keep the backend quiet).
@@ -270,7 +278,12 @@ class RemotePeer:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc = pc
         self.connected.clear()
-        if self.audio:
+        if self.audio and self.audio_file is not None:
+            player = MediaPlayer(self.audio_file)
+            self.players.append(player)
+            assert player.audio is not None
+            pc.addTrack(player.audio)
+        elif self.audio:
             pc.addTrack(AudioStreamTrack())
         if self.video:
             pc.addTrack(VideoStreamTrack())
@@ -301,6 +314,10 @@ class RemotePeer:
         pc, self.pc = self.pc, None
         if pc is not None:
             await pc.close()
+        for player in self.players:  # ends the player's decoding thread
+            if player.audio is not None:
+                player.audio.stop()
+        self.players.clear()
         for task in list(self._track_tasks):
             task.cancel()
         for task in list(self._track_tasks):

@@ -1,0 +1,570 @@
+"""The transcriber: joins without sending media, transcribes each remote participant's audio.
+
+Per remote audio track (run in the session's TaskGroup): decode, resample to 16 kHz mono, cut
+utterances with WebRTC VAD, recognise them with the configured engine (in a worker thread, so
+the event loop keeps receiving), and put each final utterance into the outbox. Timestamps are
+epoch milliseconds: the arrival time of the stream's first frame plus the RTP sample count; a
+gap in the stream (the sender paused) ends the current utterance and re-anchors the clock.
+
+The outbox (`state_dir/<meeting>--<user>.outbox.sqlite`) holds every chunk until the backend
+accepted it, so a restart loses nothing: pending chunks are posted first. One poster task (in the
+transcriber's own TaskGroup) posts them in order with `ingestTranscriptChunk`:
+
+- after a success whose `rateLimitRemaining` is 0 it waits for the next window (`bucketMs` + 60 s);
+  a `RATE_LIMITED` error waits `retryAfterMs`; neither consumes the chunk;
+- failures that certainly did not apply the chunk (an HTTP 429/5xx answer, a refused connection)
+  are retried with capped backoff;
+- a failure after which the chunk may have been stored (a timeout, a connection dropped after the
+  request was sent) is not re-posted, since the API has no idempotency key: the chunk is marked
+  `uncertain` in the outbox and logged (at most once, never twice);
+- other function errors (meeting ended, bad arguments) mark it `rejected`.
+
+The local transcript (`<out or state_dir/transcripts>/<meeting>/transcript.jsonl` and
+`transcript.vtt`) gets each final utterance when it is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from agent.convex import AuthError, ConvexError, FunctionError, TransientError
+from agent.media.recording import _safe
+from agent.media.speech import (
+    SAMPLE_RATE,
+    Recognizer,
+    SttEngine,
+    UtteranceAudio,
+    UtteranceCutter,
+    UtteranceEnd,
+    UtteranceStart,
+)
+from agent.peer.participant import Participant, ParticipantSettings
+from agent.peer.session import PeerSession
+from agent.signaling.api import ConnvoApi
+from agent.signaling.models import ERR_RATE_LIMITED, IngestTranscriptChunkArgs
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 60.0
+GAP_S = 1.0  # a pause in the stream longer than this ends the current utterance
+ACCEPT_BATCH_S = 0.2  # audio handed to the recogniser per worker-thread call
+INTERIM_INTERVAL_S = 2.0
+INTERIM_RESERVE = 10  # interim chunks are skipped when fewer posts than this remain in a window
+DRAIN_TIMEOUT_S = 3.0
+
+
+@dataclass
+class TranscriberSettings:
+    language: str = "en-US"
+    vad_aggressiveness: int = 2
+    interim: bool = False
+    transcript_dir: Path | None = None  # default: state_dir/transcripts
+    drain_timeout: float = DRAIN_TIMEOUT_S
+
+
+@dataclass
+class Chunk:
+    """One utterance, as queued and as written to the local transcript."""
+
+    chunkId: str
+    meetingId: str
+    speakerId: str
+    sessionId: str
+    text: str
+    confidence: float
+    startTime: int  # epoch ms
+    endTime: int
+    language: str
+    isInterim: bool = False
+    utteranceId: str = ""
+
+    def args(self) -> IngestTranscriptChunkArgs:
+        return IngestTranscriptChunkArgs(
+            meetingId=self.meetingId,
+            speakerId=self.speakerId,
+            text=self.text,
+            confidence=round(self.confidence, 4),
+            startTime=self.startTime,
+            endTime=self.endTime,
+            language=self.language,
+            isInterim=self.isInterim,
+        )
+
+
+# --- outbox -----------------------------------------------------------------------------------
+
+
+class Outbox:
+    """Chunks waiting to be posted, in SQLite: state pending -> posted | uncertain | rejected."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " chunk_id TEXT UNIQUE NOT NULL, chunk TEXT NOT NULL, state TEXT NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0, sequence INTEGER, error TEXT,"
+            " created_at REAL NOT NULL, posted_at REAL)"
+        )
+
+    def add(self, chunk: Chunk) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO outbox (chunk_id, chunk, state, created_at)"
+            " VALUES (?, ?, 'pending', ?)",
+            (chunk.chunkId, json.dumps(asdict(chunk)), time.time()),
+        )
+
+    def pending(self) -> list[Chunk]:
+        rows = self._db.execute(
+            "SELECT chunk FROM outbox WHERE state = 'pending' ORDER BY seq"
+        ).fetchall()
+        return [Chunk(**json.loads(r[0])) for r in rows]
+
+    def mark(
+        self, chunk_id: str, state: str, *, sequence: int | None = None, error: str | None = None
+    ) -> None:
+        self._db.execute(
+            "UPDATE outbox SET state = ?, sequence = ?, error = ?, attempts = attempts + 1,"
+            " posted_at = ? WHERE chunk_id = ?",
+            (state, sequence, error, time.time(), chunk_id),
+        )
+
+    def attempted(self, chunk_id: str) -> None:
+        self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1 WHERE chunk_id = ?", (chunk_id,)
+        )
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        return {str(state): int(n) for state, n in rows}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# --- local transcript -------------------------------------------------------------------------
+
+
+def _vtt_time(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+class LocalTranscript:
+    """transcript.jsonl (one final chunk a line, appended) and transcript.vtt (re-rendered)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.jsonl = directory / "transcript.jsonl"
+        self.vtt = directory / "transcript.vtt"
+        self.entries: list[dict[str, Any]] = []
+        self._error: str | None = None
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    self.entries.append(json.loads(line))
+
+    def add(self, chunk: Chunk) -> None:
+        entry = asdict(chunk)
+        del entry["isInterim"], entry["utteranceId"]
+        self.entries.append(entry)
+        try:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            with self.jsonl.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+            tmp = self.vtt.with_name(".transcript.vtt.tmp")
+            tmp.write_text(self.render_vtt(), encoding="utf-8")
+            tmp.replace(self.vtt)
+        except OSError as exc:
+            message = f"cannot write the local transcript in {self.jsonl.parent}: {exc.strerror}"
+            if message != self._error:
+                log.error("%s", message)
+                self._error = message
+
+    def render_vtt(self) -> str:
+        entries = sorted(self.entries, key=lambda e: (e["startTime"], e["speakerId"]))
+        zero = (entries[0]["startTime"] // 1000) * 1000 if entries else 0
+        lines = ["WEBVTT", "", f"NOTE 00:00:00.000 is {zero} ms since the epoch (UTC)", ""]
+        for e in entries:
+            start = (e["startTime"] - zero) / 1000
+            end = max(e["endTime"] - zero, e["startTime"] - zero + 1) / 1000
+            speaker = str(e["speakerId"]).replace(">", "")
+            text = str(e["text"]).replace("\n", " ").replace("-->", "->")
+            lines += [
+                e["chunkId"],
+                f"{_vtt_time(start)} --> {_vtt_time(end)}",
+                f"<v {speaker}>{text}",
+                "",
+            ]
+        return "\n".join(lines)
+
+
+# --- one stream -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Utterance:
+    id: str
+    start: int  # samples
+    pcm_batch: bytearray
+    last_interim_at: float = 0.0
+    interim_text: str = ""
+
+
+class StreamTranscriber:
+    """The synchronous core for one audio track: frames in, chunks out. Not for the event loop:
+    `push` runs the VAD and the recogniser, so the consumer calls it in a worker thread."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        meeting_id: str,
+        speaker_id: str,
+        session_id: str,
+        settings: TranscriberSettings,
+        *,
+        interim: bool,
+    ) -> None:
+        self._recognizer = recognizer
+        self._meeting_id = meeting_id
+        self._speaker = speaker_id
+        self._session = session_id
+        self._settings = settings
+        self._interim = interim
+        self._cutter = UtteranceCutter(settings.vad_aggressiveness)
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._anchor: float | None = None  # epoch seconds of sample 0
+        self._samples = 0  # samples pushed (16 kHz), including skipped gaps
+        self._utterance: _Utterance | None = None
+        self._lock = threading.Lock()
+        self.audio_seconds = 0.0  # audio received
+        self.busy_seconds = 0.0  # time spent in push/finish (for the real-time factor)
+
+    def _epoch_ms(self, samples: int) -> int:
+        assert self._anchor is not None
+        return round((self._anchor + samples / SAMPLE_RATE) * 1000)
+
+    def push(self, frames: list[tuple[Any, float]]) -> list[Chunk]:
+        """Process frames with their arrival times (epoch s); returns the chunks produced."""
+        with self._lock:
+            started = time.perf_counter()
+            out: list[Chunk] = []
+            for frame, arrival in frames:
+                duration = frame.samples / frame.sample_rate
+                self.audio_seconds += duration
+                if self._anchor is None:
+                    self._anchor = arrival - duration
+                gap = arrival - duration - (self._anchor + self._samples / SAMPLE_RATE)
+                if gap > GAP_S:
+                    out += self._events(self._cutter.flush(), arrival)
+                    skipped = round(gap * SAMPLE_RATE)
+                    self._cutter.skip(skipped)
+                    self._samples += skipped
+                for resampled in self._resampler.resample(frame):
+                    pcm = bytes(resampled.planes[0])[: resampled.samples * 2]
+                    self._samples += resampled.samples
+                    out += self._events(self._cutter.push(pcm), arrival)
+            self.busy_seconds += time.perf_counter() - started
+            return out
+
+    def finish(self) -> list[Chunk]:
+        """End the current utterance (track ended, or shutdown)."""
+        with self._lock:
+            started = time.perf_counter()
+            out = self._events(self._cutter.flush(), time.time())
+            self.busy_seconds += time.perf_counter() - started
+            return out
+
+    def _events(self, events: Any, now: float) -> list[Chunk]:
+        out: list[Chunk] = []
+        for event in events:
+            if isinstance(event, UtteranceStart):
+                self._utterance = _Utterance(uuid.uuid4().hex, event.offset, bytearray())
+            elif isinstance(event, UtteranceAudio) and self._utterance is not None:
+                u = self._utterance
+                u.pcm_batch += event.pcm
+                if len(u.pcm_batch) >= ACCEPT_BATCH_S * SAMPLE_RATE * 2:
+                    interim = self._recognizer.accept(bytes(u.pcm_batch))
+                    u.pcm_batch.clear()
+                    if (
+                        self._interim
+                        and interim
+                        and interim != u.interim_text
+                        and now - u.last_interim_at >= INTERIM_INTERVAL_S
+                    ):
+                        u.interim_text, u.last_interim_at = interim, now
+                        out.append(self._chunk(u, interim, 0.0, self._samples, interim=True))
+            elif isinstance(event, UtteranceEnd) and self._utterance is not None:
+                u, self._utterance = self._utterance, None
+                if u.pcm_batch:
+                    self._recognizer.accept(bytes(u.pcm_batch))
+                result = self._recognizer.result()
+                text = result.text.strip()
+                if text:
+                    out.append(self._chunk(u, text, result.confidence, event.offset, interim=False))
+        return out
+
+    def _chunk(
+        self, u: _Utterance, text: str, confidence: float, end: int, *, interim: bool
+    ) -> Chunk:
+        return Chunk(
+            chunkId=uuid.uuid4().hex,
+            meetingId=self._meeting_id,
+            speakerId=self._speaker,
+            sessionId=self._session,
+            text=text,
+            confidence=confidence,
+            startTime=self._epoch_ms(u.start),
+            endTime=self._epoch_ms(end),
+            language=self._settings.language,
+            isInterim=interim,
+            utteranceId=u.id,
+        )
+
+
+# --- the role ---------------------------------------------------------------------------------
+
+
+class Transcriber:
+    """A Participant with no local tracks whose track consumer transcribes remote audio.
+
+    `ingest_api` should be a client without automatic retries (RetryPolicy(max_attempts=1)):
+    the poster decides which failures may be retried without posting a chunk twice.
+    """
+
+    def __init__(
+        self,
+        api: ConnvoApi,
+        settings: ParticipantSettings,
+        engine: SttEngine,
+        options: TranscriberSettings | None = None,
+        *,
+        ingest_api: ConnvoApi | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options or TranscriberSettings()
+        self.engine = engine
+        self.ingest_api = ingest_api or api
+        self.participant = Participant(api, settings, on_track=self._on_track)
+        directory = self.options.transcript_dir or settings.state_dir / "transcripts"
+        self.transcript = LocalTranscript(directory / _safe(settings.meeting_id))
+        self.streams: dict[str, StreamTranscriber] = {}  # remote session id -> latest stream
+        self.posted: list[tuple[Chunk, int]] = []  # (chunk, sequence), this run
+        self.first_track = asyncio.Event()
+        self._outbox: Outbox | None = None
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._not_before = 0.0  # epoch s: rate limit gate
+        self._remaining: int | None = None
+        self.final_counts: dict[str, int] = {}  # outbox states when run() ended
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            assert self.participant.local is not None, "the outbox opens after joining"
+            local = self.participant.local
+            name = f"{_safe(local.meeting_id)}--{_safe(local.user_id)}.outbox.sqlite"
+            self._outbox = Outbox(self.settings.state_dir / name)
+        return self._outbox
+
+    # --- media ---------------------------------------------------------------------------------
+
+    def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
+        if track.kind != "audio":
+            return _drain(track)
+        self.first_track.set()
+        return self._transcribe(session.remote_user_id, session.remote_session_id, track)
+
+    async def _transcribe(self, speaker: str, session_id: str, track: MediaStreamTrack) -> None:
+        recognizer = await asyncio.to_thread(self.engine.recognizer)
+        stream = StreamTranscriber(
+            recognizer,
+            self.settings.meeting_id,
+            speaker,
+            session_id,
+            self.options,
+            interim=self.options.interim and self.engine.interim,
+        )
+        self.streams[session_id] = stream
+        log.info("transcribing user %s, session %s (%s)", speaker, session_id, self.engine.name)
+        batch: list[tuple[Any, float]] = []
+        try:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    break
+                batch.append((frame, time.time()))
+                if len(batch) >= 10:  # 200 ms of audio per worker-thread call
+                    frames, batch = batch, []
+                    self._queue(await asyncio.to_thread(stream.push, frames))
+        finally:
+            # Also on cancellation (session closed, shutdown): the last utterance is kept.
+            self._queue(stream.push(batch) + stream.finish())
+
+    def _queue(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            self.outbox.add(chunk)
+            if not chunk.isInterim:
+                self.transcript.add(chunk)
+                log.info(
+                    "utterance of %s (%d ms): %r",
+                    chunk.speakerId,
+                    chunk.endTime - chunk.startTime,
+                    chunk.text,
+                )
+        if chunks:
+            self._wake.set()
+
+    # --- posting -------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            poster = tasks.create_task(self._post_loop(), name="transcript-poster")
+            try:
+                await self.participant.run(stop)
+            finally:
+                self._closing.set()
+                self._wake.set()
+                try:
+                    async with asyncio.timeout(self.options.drain_timeout):
+                        await asyncio.shield(poster)
+                except TimeoutError:
+                    log.warning("transcript chunks left in the outbox for the next run")
+                    poster.cancel()
+        if self._outbox is not None:
+            self.final_counts = self._outbox.counts()
+            self._outbox.close()
+            self._outbox = None
+
+    async def _post_loop(self) -> None:
+        joined = asyncio.create_task(self.participant.joined.wait())
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({joined, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            joined.cancel()
+            closing.cancel()
+        if not self.participant.joined.is_set():
+            return
+        failures = 0
+        while True:
+            self._wake.clear()
+            pending = self.outbox.pending()
+            if self._closing.is_set() and not pending:
+                return
+            if not pending:
+                await self._wake.wait()
+                continue
+            for chunk in pending:
+                if chunk.isInterim and self._skip_interim(chunk, pending):
+                    self.outbox.mark(chunk.chunkId, "skipped")
+                    continue
+                delay = self._not_before - time.time()
+                if delay > 0:
+                    if self._closing.is_set():
+                        return  # rate limited at shutdown: the outbox keeps it
+                    await self._sleep(delay)
+                ok = await self._post(chunk)
+                if ok is None:  # retry later, with backoff
+                    if self._closing.is_set():
+                        return  # shutting down: the outbox keeps it for the next run
+                    failures += 1
+                    await self._sleep(min(10.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))
+                    break
+                failures = 0
+
+    def _skip_interim(self, chunk: Chunk, pending: list[Chunk]) -> bool:
+        if any(c.utteranceId == chunk.utteranceId and not c.isInterim for c in pending):
+            return True
+        return self._remaining is not None and self._remaining < INTERIM_RESERVE
+
+    async def _sleep(self, seconds: float) -> None:
+        # Woken early only by shutdown (so a long rate-limit wait does not hold the process).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._closing.wait()
+
+    async def _post(self, chunk: Chunk) -> bool | None:
+        """True: posted; False: given up (rejected or uncertain); None: retry later."""
+        try:
+            result = await self.ingest_api.ingest_transcript_chunk(chunk.args())
+        except FunctionError as exc:
+            if exc.code == ERR_RATE_LIMITED:
+                retry_ms = exc.data.get("retryAfterMs")
+                wait = float(retry_ms) / 1000 if isinstance(retry_ms, int | float) else 1.0
+                self._not_before = time.time() + min(RATE_WINDOW_S, max(0.05, wait))
+                self._remaining = 0
+                log.info("transcript rate limit reached; waiting %.1f s", wait)
+                self.outbox.attempted(chunk.chunkId)
+                return None
+            log.error("transcript chunk %s rejected: %s", chunk.chunkId, exc.message)
+            self.outbox.mark(chunk.chunkId, "rejected", error=exc.message)
+            return False
+        except TransientError as exc:
+            if exc.status is not None or "ConnectError" in exc.message:
+                # An answer came back (429/5xx), or nothing was sent: the chunk was not stored.
+                log.info(
+                    "transcript chunk %s not stored (%s); retrying", chunk.chunkId, exc.message
+                )
+                self.outbox.attempted(chunk.chunkId)
+                if exc.retry_after is not None:
+                    self._not_before = time.time() + min(RATE_WINDOW_S, exc.retry_after)
+                return None
+            log.warning(
+                "transcript chunk %s may or may not be stored (%s); not re-posting it",
+                chunk.chunkId,
+                exc.message,
+            )
+            self.outbox.mark(chunk.chunkId, "uncertain", error=exc.message)
+            return False
+        except (AuthError, ConvexError) as exc:
+            log.warning("transcript chunk %s: %s; retrying", chunk.chunkId, exc.message)
+            self.outbox.attempted(chunk.chunkId)
+            return None
+        self.outbox.mark(chunk.chunkId, "posted", sequence=result.sequence)
+        self.posted.append((chunk, result.sequence))
+        self._remaining = result.rateLimitRemaining
+        if result.rateLimitRemaining <= 0:
+            self._not_before = max(self._not_before, (result.bucketMs / 1000) + RATE_WINDOW_S)
+        return True
+
+    def summary_lines(self) -> list[str]:
+        counts = self._outbox.counts() if self._outbox is not None else self.final_counts
+        lines = [f"transcript {self.transcript.jsonl}: {len(self.transcript.entries)} utterances"]
+        lines.append(
+            "outbox: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty")
+        )
+        for session_id, s in self.streams.items():
+            rtf = s.busy_seconds / s.audio_seconds if s.audio_seconds else 0.0
+            lines.append(
+                f"session {session_id}: {s.audio_seconds:.1f} s of audio, "
+                f"real-time factor {rtf:.3f}"
+            )
+        return lines
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()

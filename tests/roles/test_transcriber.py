@@ -1,0 +1,119 @@
+"""The transcriber against real aiortc peers over the dev backend, with pocketsphinx and WebRTC
+VAD: chunks reach the backend with the speaker and timestamps of the speech played, the local
+transcript matches them, and the outbox survives failures and a restart without duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.media.speech import create_engine
+from agent.roles.transcriber import Transcriber, TranscriberSettings
+from tests.roles.conftest import (
+    Speech,
+    finish,
+    participant_settings,
+    start,
+    track_ended,
+    transcripts,
+)
+from tests.support.waiting import poll_until
+
+INGEST = "transcripts/ingestion/ingestTranscriptChunk"
+
+
+def make(meeting: Any, clients: Any, tmp_path: Path) -> Transcriber:
+    return Transcriber(
+        clients(meeting),
+        participant_settings(meeting, tmp_path / "state"),
+        create_engine("pocketsphinx"),
+        TranscriberSettings(transcript_dir=tmp_path / "transcripts"),
+        ingest_api=clients(meeting, attempts=1),
+    )
+
+
+async def test_transcribes_speech_to_the_backend_and_locally(
+    meeting: Any, clients: Any, tmp_path: Path, speech: Speech
+) -> None:
+    transcriber = make(meeting, clients, tmp_path)
+    task, stop = await start(transcriber)
+    alice_id = meeting.users["alice"]
+    async with asyncio.timeout(60):
+        alice = meeting.peer("alice", audio_file=str(speech.path), video=False)
+        async with alice:
+            await alice.offer(meeting.users["bot"])
+            await alice.connected.wait()
+            # the file starts playing when the connection is up
+            played_from = time.time() * 1000
+            await track_ended(alice.pc.getSenders()[0].track)
+            played_to = time.time() * 1000
+            rows = await poll_until(
+                lambda: _at_least(meeting, len(speech.sentences))
+            )
+        await finish(task, stop)
+
+    assert len(rows) == len(speech.sentences), rows
+    for row, (start_s, end_s) in zip(rows, speech.sentences, strict=True):
+        assert row["speaker_id"] == alice_id
+        assert row["text"].strip()
+        assert 0 < row["confidence"] <= 1
+        assert row["language"] == "en-US" and not row["is_interim"]
+        # epoch ms, within the time the file played, and where the sentence is in the file
+        assert played_from - 1000 <= row["start_time"] < row["end_time"] <= played_to + 500
+        assert abs((row["end_time"] - row["start_time"]) / 1000 - (end_s - start_s)) < 0.8
+    gap = (rows[1]["start_time"] - rows[0]["start_time"]) / 1000
+    assert abs(gap - (speech.sentences[1][0] - speech.sentences[0][0])) < 0.5
+
+    # the local transcript holds the same chunks
+    directory = tmp_path / "transcripts" / meeting.id
+    lines = [json.loads(x) for x in (directory / "transcript.jsonl").read_text().splitlines()]
+    assert [(x["speakerId"], x["text"], x["startTime"], x["endTime"]) for x in lines] == [
+        (r["speaker_id"], r["text"], r["start_time"], r["end_time"]) for r in rows
+    ]
+    vtt = (directory / "transcript.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n")
+    for r in rows:
+        assert f"<v {alice_id}>{r['text']}" in vtt
+    assert vtt.count(" --> ") == len(rows)
+
+
+async def _at_least(meeting: Any, n: int) -> list[dict[str, Any]] | None:
+    rows = transcripts(meeting.server.db, meeting.id)
+    return rows if len(rows) >= n else None
+
+
+async def test_outbox_survives_failures_and_restart_without_duplicates(
+    meeting: Any, clients: Any, tmp_path: Path, speech: Speech
+) -> None:
+    # Every ingestion fails with a 500 (not stored): chunks stay in the outbox.
+    meeting.server.set_faults(error_rate=1.0, functions=[INGEST])
+    transcriber = make(meeting, clients, tmp_path)
+    task, stop = await start(transcriber)
+    async with asyncio.timeout(60):
+        alice = meeting.peer("alice", audio_file=str(speech.path), video=False)
+        async with alice:
+            await alice.offer(meeting.users["bot"])
+            await alice.connected.wait()
+            await track_ended(alice.pc.getSenders()[0].track)
+        await finish(task, stop)
+    queued = len(transcriber.transcript.entries)
+    assert queued >= 1
+    assert transcripts(meeting.server.db, meeting.id) == []
+
+    # A restart with half the requests rate limited (429 + Retry-After): everything is posted,
+    # each chunk exactly once, without any new audio.
+    meeting.server.set_faults(rate_limit_rate=0.5, retry_after_s=1, seed=7,
+                              functions=[INGEST])
+    restarted = make(meeting, clients, tmp_path)
+    task, stop = await start(restarted)
+    async with asyncio.timeout(60):
+        rows = await poll_until(lambda: _at_least(meeting, queued))
+        await finish(task, stop)
+    assert len(rows) == queued
+    assert [r["text"] for r in rows] == [e["text"] for e in transcriber.transcript.entries]
+    assert restarted.final_counts == {"posted": queued}
+    assert restarted.summary_lines()[1] == f"outbox: {queued} posted"
+    meeting.server.clear_faults()
