@@ -56,6 +56,20 @@ from agent.cli.loop import run_async
     "--out", type=click.Path(path_type=Path), default=None, help="Output directory (recorder)."
 )
 @click.option(
+    "--stt-engine",
+    type=click.Choice(["pocketsphinx", "vosk", "faster-whisper"]),
+    default=None,
+    help="Transcriber: speech-to-text engine (pocketsphinx works offline).",
+)
+@click.option("--stt-model", default=None, help="Transcriber: model path (vosk, faster-whisper).")
+@click.option("--language", default=None, help="Transcriber: language tag, e.g. en-US.")
+@click.option("--vad-aggressiveness", type=int, default=None, help="Transcriber: VAD mode 0-3.")
+@click.option(
+    "--transcript-interim/--no-transcript-interim",
+    default=None,
+    help="Transcriber: also post interim results.",
+)
+@click.option(
     "--duration",
     type=float,
     default=None,
