@@ -79,7 +79,7 @@ def run_command(config_file: Path | None, **flags: Any) -> int:
     """Join a meeting and stay until SIGINT or SIGTERM."""
     from agent.config import ConfigError, load_settings
     from agent.convex import ConvexError
-    from agent.roles.bot import run_role
+    from agent.roles.run import run_role
 
     flags["ice_host_addresses"] = list(flags["ice_host_addresses"]) or None
     overrides = {k: v for k, v in flags.items() if v is not None}
