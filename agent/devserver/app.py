@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agent.devserver import admin, auth, ids
+from agent.devserver import admin, auth, ids, joinpage
 from agent.devserver.faults import FaultConfig, Faults
 from agent.devserver.functions import HANDLERS, Context, FunctionError
 from agent.devserver.functions.signaling import PAGE_SIZE
@@ -148,6 +148,7 @@ class DevServerApp:
                 Route("/admin/stats", self._stats, methods=["GET"]),
                 Route("/admin/stats/reset", self._stats_reset, methods=["POST"]),
                 Route("/admin/tokens", self._tokens, methods=["POST"]),
+                *joinpage.routes(store, self.secret),  # the browser join page (dev only)
             ],
             exception_handlers={HTTPException: self._http_error},  # type: ignore[dict-item]
         )

@@ -1,0 +1,216 @@
+"""Chromium as a peer: Playwright for Python drives Debian's `chromium` package (no download).
+
+Playwright's sync API runs on one dedicated thread per browser, so the tests' event loop stays free
+for the agent running in-process; tests await `Page` methods, which hop to that thread.
+
+Network: the agent gathers only 127.0.0.1 (`loopback_only`), the page is opened with `loopback=1`,
+so it signals only its 127.0.0.1 and mDNS candidates, and the dev backend returns no ICE servers.
+Chromium is started with flags that keep it from any background networking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.agent.conftest import Meeting, agent_factory, loopback_only, make_meeting, meeting
+
+__all__ = ["agent_factory", "loopback_only", "meeting"]
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+# Playwright adds its own --disable-features list; Chromium keeps only the last such flag, so none
+# is passed here.
+BASE_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--no-pings",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-device-for-media-stream",
+    # gather candidates on loopback too (Chromium skips it otherwise); pages signal only those
+    "--allow-loopback-in-peer-connection",
+]
+FAKE_UI = "--use-fake-ui-for-media-stream"
+WAIT_S = 20.0
+
+
+def chromium_flags(*, media_permission: bool = True) -> list[str]:
+    """Launch flags; without `media_permission` the camera/microphone prompt is refused, and
+    Chromium hides its host addresses behind mDNS `.local` names."""
+    return BASE_FLAGS + ([FAKE_UI] if media_permission else [])
+
+
+class Page:
+    """A Playwright page, driven from its browser's thread; every method is awaitable."""
+
+    def __init__(self, browser: Browser, page: Any, context: Any) -> None:
+        self._browser = browser
+        self._page = page
+        self._context = context
+        self.console: list[str] = []
+        page.on("console", lambda msg: self.console.append(msg.text))
+
+    async def goto(self, url: str) -> None:
+        await self._browser.call(self._page.goto, url)
+
+    async def reload(self) -> None:
+        await self._browser.call(self._page.reload)
+
+    async def evaluate(self, script: str, arg: Any = None) -> Any:
+        return await self._browser.call(self._page.evaluate, script, arg)
+
+    async def wait_for(self, expression: str, within: float = WAIT_S) -> Any:
+        """Wait until the JavaScript expression is truthy in the page; returns its value."""
+
+        def wait() -> Any:
+            handle = self._page.wait_for_function(expression, timeout=within * 1000)
+            return handle.json_value()
+
+        try:
+            return await self._browser.call(wait)
+        except Exception as exc:
+            log = await self.evaluate("window.connvo ? connvo.state.log.slice(-30) : []")
+            raise AssertionError(f"page: {expression!r} not true: {exc}\npage log: {log}") from None
+
+    async def summary(self) -> dict[str, Any]:
+        return await self.evaluate("connvo.summary()")  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._browser.call(self._context.close)
+
+
+class Browser:
+    """One headless Chromium, owned by a thread of its own (Playwright's sync API)."""
+
+    def __init__(self, flags: list[str]) -> None:
+        if not os.access(CHROMIUM, os.X_OK):
+            pytest.fail(
+                f"{CHROMIUM} is missing: install Debian's chromium package "
+                "(apt-get install chromium), as the README's test command does"
+            )
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="chromium")
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
+        self._flags = flags
+        self._playwright: Any = None
+        self._browser: Any = None
+        self._executor.submit(self._start).result(timeout=60)
+
+    def _start(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        # A persistent context gives the fresh user-data-dir explicitly.
+        self._browser = self._playwright.chromium.launch_persistent_context(
+            self._profile.name, executable_path=CHROMIUM, headless=True, args=self._flags
+        )
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def new_page(self, url: str) -> Page:
+        page = await self.call(self._browser.new_page)
+        wrapped = Page(self, page, _PageCloser(page))
+        await wrapped.goto(url)
+        return wrapped
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._browser is not None:
+                self._browser.close()
+            if self._playwright is not None:
+                self._playwright.stop()
+
+        try:
+            self._executor.submit(stop).result(timeout=30)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._profile.cleanup()
+
+
+class _PageCloser:
+    """Closes one page (pages of a persistent context share it)."""
+
+    def __init__(self, page: Any) -> None:
+        self._page = page
+
+    def close(self) -> None:
+        if not self._page.is_closed():
+            self._page.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium with fake camera and microphone, permission granted."""
+    browser = Browser(chromium_flags(media_permission=True))
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def mdns_chromium() -> Iterator[Browser]:
+    """Headless Chromium without media permission: its host candidates are mDNS `.local` names."""
+    browser = Browser(chromium_flags(media_permission=False))
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[list[Page]]:
+    """Pages a test opened; closed at teardown."""
+    opened: list[Page] = []
+    yield opened
+    for page in opened:
+        try:
+            await page.close()
+        except Exception:  # the browser may be gone already
+            pass
+
+
+def join_url(meeting: Meeting, name: str, **params: Any) -> str:
+    query = {"meeting": meeting.id, "name": name, "autojoin": 1, "loopback": 1, **params}
+    return f"{meeting.server.url}/join?{urlencode(query)}"
+
+
+async def open_page(
+    browser: Browser, pages: list[Page], meeting: Meeting, name: str, **params: Any
+) -> tuple[Page, str]:
+    """Open the join page as `name`; returns it with its session id once it has joined."""
+    page = await browser.new_page(join_url(meeting, name, **params))
+    pages.append(page)
+    session_id = await page.wait_for("connvo.state.running && connvo.state.sessionId")
+    return page, str(session_id)
+
+
+def backend_signals(meeting: Meeting, session_id: str | None = None) -> list[dict[str, Any]]:
+    """Signals rows of the meeting in the dev backend's database (read-only)."""
+    db = Path(meeting.server.db)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        sql = "SELECT * FROM signals WHERE meeting_id = ?"
+        args: list[Any] = [meeting.id]
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            args.append(session_id)
+        return [dict(r) for r in conn.execute(sql + " ORDER BY seq", args).fetchall()]
+    finally:
+        conn.close()
+
+
+__all__ += ["Browser", "Page", "backend_signals", "join_url", "make_meeting", "open_page"]
