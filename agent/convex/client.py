@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -79,7 +80,8 @@ def make_http_client(
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
-        verify=verify,
+        # A CA bundle path becomes a context (httpx deprecates verify=<path>); True: system CAs.
+        verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
         headers={"User-Agent": "connvo-agent"},
     )
 
@@ -199,6 +201,11 @@ class ConvexClient:
             )
         except httpx.TimeoutException:
             raise TransientError(function, "request timed out") from None
+        except httpx.ConnectError as exc:
+            if _tls_verification_failed(exc):
+                # A certificate that does not verify will not verify on the next attempt either.
+                raise ProtocolError(function, "TLS certificate verification failed", 0) from None
+            raise TransientError(function, f"connection failed: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise TransientError(function, f"connection failed: {type(exc).__name__}") from None
         return self._parse(function, response)
@@ -213,6 +220,8 @@ class ConvexClient:
             message = str(envelope.get("errorMessage", ""))[:500]
             raw_data = envelope.get("errorData")
             data = raw_data if isinstance(raw_data, dict) else {}
+            if not isinstance(data.get("code"), str | None):
+                data = {**data, "code": None}  # a code that is not a string is no code
 
         if status in TRANSIENT_STATUS:
             raise TransientError(
@@ -231,6 +240,17 @@ class ConvexClient:
         raise ProtocolError(function, f"HTTP {status}: unexpected envelope status", status)
 
 
+def _tls_verification_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # the ssl error sits a few causes down (httpcore, then httpx)
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _decode_envelope(response: httpx.Response) -> dict[str, Any] | None:
     """The JSON envelope, or None for anything else (HTML error pages, bad JSON, wrong types)."""
     content_type = response.headers.get("Content-Type", "")
@@ -238,7 +258,7 @@ def _decode_envelope(response: httpx.Response) -> dict[str, Any] | None:
         return None
     try:
         decoded = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
         return None
     if not isinstance(decoded, dict) or decoded.get("status") not in ("success", "error"):
         return None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -21,13 +23,17 @@ from aiortc import MediaStreamTrack
 from agent.convex import ConvexError, FunctionError
 from agent.peer.ice import to_rtc_ice_servers
 from agent.peer.manager import ManagerSettings, SessionManager, TrackConsumer
-from agent.peer.session import LocalIdentity, PeerSession, SessionSettings
+from agent.peer.session import LocalIdentity, PeerSession, PeerState, SessionSettings
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import ActiveSession
 from agent.signaling.poller import PollerObserver, SignalPoller
 from agent.signaling.state import SignalStateStore, state_file
 
 log = logging.getLogger(__name__)
+
+OWN_SESSION_KEY = "own_session_id"
+# At a restart, how long pending signals may take to be handled before remembered peers are called.
+RESTORE_SETTLE_S = 5.0
 
 
 @dataclass
@@ -75,6 +81,7 @@ class Participant:
         self.joined = asyncio.Event()
         self.joined_at: float | None = None
         self._gone: BaseException | None = None
+        self._owns_state = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Join, then negotiate until `stop` is set (or the meeting goes away), then leave."""
@@ -91,10 +98,27 @@ class Participant:
         info = await self.api.get_connection_info(s.meeting_id)
         if s.ice_servers_override is None:
             s.session.ice_servers = to_rtc_ice_servers(info.connectionInfo.iceServers)
-        session_id = s.session_id or uuid.uuid4().hex
-        await self.api.create_webrtc_session(s.meeting_id, session_id)
-        self.local = LocalIdentity(s.meeting_id, user.id, session_id)
         self.store = SignalStateStore(state_file(s.state_dir, s.meeting_id, user.id))
+        # After a crash the same state dir gives back the same own session (idempotent at the
+        # backend), so the remote peers keep talking to one session of ours. Only for the one
+        # participant holding the state file's lock: another one of the same identity sharing the
+        # directory at the same time must not take over this session.
+        self._owns_state = _lock_state(self.store.path)
+        if not self._owns_state:
+            log.warning("state file %s is in use by another participant", self.store.path)
+        reused = self.store.get_meta(OWN_SESSION_KEY) if self._owns_state else None
+        session_id = s.session_id or reused or uuid.uuid4().hex
+        try:
+            await self.api.create_webrtc_session(s.meeting_id, session_id)
+        except BaseException:
+            if self._owns_state:
+                _unlock_state(self.store.path)
+            self.store.close()
+            self.store = None
+            raise
+        if self._owns_state:
+            self.store.set_meta(OWN_SESSION_KEY, session_id)
+        self.local = LocalIdentity(s.meeting_id, user.id, session_id)
         self.manager = SessionManager(
             self.api,
             self.local,
@@ -106,7 +130,7 @@ class Participant:
             ),
             local_tracks=self._local_tracks,
             on_track=self._on_track,
-            on_state=self._on_state,
+            on_state=self._state_changed,
         )
         self.poller = SignalPoller(
             self.api,
@@ -129,6 +153,7 @@ class Participant:
             self.joined_at = time.monotonic()
             self.joined.set()
             poller_task = tasks.create_task(self._poll(), name="poller")
+            tasks.create_task(self._restore_peers(), name="restore-peers")
             stop_task = tasks.create_task(stop.wait(), name="stop")
             await asyncio.wait(
                 {manager_task, poller_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
@@ -139,6 +164,50 @@ class Participant:
                 task.cancel()
         if self._gone is not None:
             raise MeetingGone(str(self._gone)) from self._gone
+
+    def _state_changed(self, session: PeerSession) -> None:
+        # The state dir remembers the open sessions, so a restart after a crash can call them.
+        if self.store is not None:
+            if session.state is PeerState.CLOSED:
+                self.store.forget_peer(session.remote_session_id)
+            else:
+                self.store.remember_peer(session.remote_session_id, session.remote_user_id)
+        if self._on_state is not None:
+            self._on_state(session)
+
+    async def _restore_peers(self) -> None:
+        """After a crash: offer again (fresh ICE) to the sessions open when the agent stopped.
+
+        Pending signals go first (they may reopen some of those sessions themselves); only peers
+        whose session is still active at the backend are called.
+        """
+        assert self.store is not None and self.manager is not None and self.poller is not None
+        remembered = self.store.peers() if self._owns_state else {}
+        if not remembered:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RESTORE_SETTLE_S):
+                await self.poller.next_poll()
+                while not self.poller.idle:
+                    await self.poller.next_change()
+        try:
+            active = {
+                a.sessionId: a.userId
+                for a in await self.api.get_active_sessions(self.settings.meeting_id)
+            }
+        except ConvexError as exc:
+            log.warning("could not list active sessions to restore peers: %s", exc)
+            active = {}
+        for session_id, user_id in remembered.items():
+            if active.get(session_id) != user_id:
+                self.store.forget_peer(session_id)
+                continue
+            session = self.manager.sessions.get(session_id)
+            if session is None:
+                log.info("restoring the session with %s/%s after a restart", user_id, session_id)
+                self.manager.call(session_id, user_id)
+            elif session.pc is None and session.remote_user_id == user_id:
+                session.request_offer("restored after a restart")
 
     async def _poll(self) -> None:
         assert self.poller is not None
@@ -170,5 +239,30 @@ class Participant:
             log.warning("leaving the meeting took longer than %.1f s; gave up", s.shutdown_timeout)
         finally:
             if self.store is not None:
+                if self._owns_state:
+                    _unlock_state(self.store.path)
                 self.store.close()
             log.info("left meeting %s", s.meeting_id)
+
+
+# Open lock files of the state files this process owns (flock is per open file, so a second
+# participant in the same process is refused too).
+_STATE_LOCKS: dict[Path, int] = {}
+
+
+def _lock_state(path: Path) -> bool:
+    lock_path = path.with_suffix(path.suffix + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _STATE_LOCKS[path] = fd
+    return True
+
+
+def _unlock_state(path: Path) -> None:
+    fd = _STATE_LOCKS.pop(path, None)
+    if fd is not None:
+        os.close(fd)  # closing releases the lock

@@ -1,0 +1,129 @@
+"""Child process for the fault tests: N scripted remote peers (audio only) that survive the dev
+backend's faults, driven over stdin/stdout JSON lines. Keeps the peers' aiortc work off the
+agent's and the test's event loops.
+
+stdin: one spec line {url, meeting, target, peers: [{token, user_id}], trickle, timeout}; then
+commands, one JSON object per line:
+  {"cmd": "offer", "peers": [i, ...]}  offer to the target; one {"offered": i, "connected": bool,
+                                       "seconds": s} line per peer, then {"offer_done": true}
+  {"cmd": "frames"}                    {"frames": [audio frames received, per peer]}
+  {"cmd": "states"}                    {"states": [connection state per peer]}
+EOF: every peer closes its session and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import httpx
+
+from agent.peer.ice import restrict_host_addresses
+from tests.support.peers import ApiError, RemotePeer
+
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 12
+
+
+class RetryingPeer(RemotePeer):
+    """A RemotePeer whose calls retry what the faults produce (like a browser's Convex client)."""
+
+    async def call(self, function: str, **args: Any) -> Any:
+        delay = 0.1
+        for _ in range(MAX_ATTEMPTS):
+            wait = random.uniform(0, delay)
+            try:
+                response = await self._http.post(
+                    f"/api/run/{function}", json={"args": args, "format": "json"}
+                )
+            except httpx.TransportError:
+                pass
+            else:
+                if response.status_code not in RETRYABLE:
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = {}
+                    if body.get("status") == "success":
+                        return body.get("value")
+                    raise ApiError(f"{function}: HTTP {response.status_code}")
+                retry_after = response.headers.get("Retry-After")
+                if retry_after and retry_after.isdigit():
+                    wait = max(wait, float(retry_after))
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, 2.0)
+        raise ApiError(f"{function}: retries exhausted")
+
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**22)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    spec = json.loads(await reader.readline())
+    restrict_host_addresses(["127.0.0.1"])
+    peers = [
+        RetryingPeer(
+            spec["url"],
+            p["token"],
+            spec["meeting"],
+            p["user_id"],
+            audio=True,
+            video=False,
+            poll_interval=0.05,
+            idle_poll_interval=spec.get("idle_poll_interval", 1.0),
+        )
+        for p in spec["peers"]
+    ]
+    for peer in peers:
+        peer._http.timeout = httpx.Timeout(spec.get("request_timeout", 3.0))
+    connect_timeout = float(spec.get("timeout", 90.0))
+
+    def emit(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    async def offer(i: int) -> None:
+        peer = peers[i]
+        started = time.perf_counter()
+        ok = False
+        with contextlib.suppress(ApiError, TimeoutError):
+            async with asyncio.timeout(connect_timeout):
+                await peer.offer(spec["target"], trickle=spec.get("trickle", True))
+                await peer.connected.wait()
+                ok = True
+        emit({"offered": i, "connected": ok, "seconds": time.perf_counter() - started})
+
+    async with contextlib.AsyncExitStack() as stack:
+        for peer in peers:
+            await stack.enter_async_context(peer)
+        emit({"ready": True})
+        running: set[asyncio.Task[None]] = set()
+        while line := await reader.readline():
+            command = json.loads(line)
+            if command["cmd"] == "offer":
+
+                async def offer_all(indices: list[int]) -> None:
+                    await asyncio.gather(*(offer(i) for i in indices))
+                    emit({"offer_done": True})
+
+                task = asyncio.create_task(offer_all(command["peers"]))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            elif command["cmd"] == "frames":
+                emit({"frames": [p.received.audio_frames for p in peers]})
+            elif command["cmd"] == "states":
+                emit({"states": [p.pc.connectionState if p.pc else "none" for p in peers]})
+        for task in running:
+            task.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
