@@ -38,26 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.devserver.process import DevServerProcess  # noqa: E402
+from tests.support.chromium import CHROMIUM, chromium_flags  # noqa: E402
 
-CHROMIUM = "/usr/lib/chromium/chromium"
-# The same flags as tests/browser: no background networking, fake media devices, loopback ICE.
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-domain-reliability",
-    "--no-pings",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-]
+# The same launch as tests/browser: no background networking, fake media devices, loopback ICE.
+FLAGS = chromium_flags(media_permission=True)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
