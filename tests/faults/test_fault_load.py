@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.devserver.process import DevServerProcess
 from tests.conftest import DevServerFactory
 from tests.faults.helpers import (
@@ -40,6 +42,9 @@ FAULTS_B = dict(
 )  # fmt: skip
 
 
+# About 90 s on the 2-core machine (100 peers negotiating through 500s, hangs and 429 storms);
+# the suite-wide 120 s safety net is too tight for it on a cold virtualenv.
+@pytest.mark.timeout(360)
 async def test_hundred_sessions_under_faults(
     devserver_factory: DevServerFactory, tmp_path: Path
 ) -> None:
