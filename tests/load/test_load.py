@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 RUN_TIMEOUT_S = 120
+SMALL_RUN = ["--meetings", "1", "--peers-per-meeting", "2", "--duration", "1"]
 
 
 def load(
@@ -85,12 +86,7 @@ def test_shards_use_distinct_identities_and_merge(devserver, tmp_path: Path) -> 
         result = load(
             devserver,
             tmp_path / shard.replace("/", "-"),
-            "--meetings",
-            "1",
-            "--peers-per-meeting",
-            "2",
-            "--duration",
-            "1",
+            *SMALL_RUN,
             "--shard",
             shard,
         )
@@ -143,12 +139,7 @@ def test_tokens_file(devserver, tmp_path: Path) -> None:
     result = load(
         devserver,
         tmp_path / "r",
-        "--meetings",
-        "1",
-        "--peers-per-meeting",
-        "2",
-        "--duration",
-        "1",
+        *SMALL_RUN,
         "--tokens",
         str(tokens),
         key=False,
@@ -170,8 +161,7 @@ def test_tokens_file(devserver, tmp_path: Path) -> None:
     ],
 )
 def test_bad_plans_exit_with_one_line(devserver, tmp_path: Path, args, message) -> None:
-    base = ["--meetings", "1", "--peers-per-meeting", "2", "--duration", "1"]
-    result = load(devserver, tmp_path / "r", *base, *args)
+    result = load(devserver, tmp_path / "r", *SMALL_RUN, *args)
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.returncode != 0 and len(lines) == 1 and message in lines[0], lines
 
@@ -180,12 +170,7 @@ def test_identities_are_required(devserver, tmp_path: Path) -> None:
     result = load(
         devserver,
         tmp_path / "r",
-        "--meetings",
-        "1",
-        "--peers-per-meeting",
-        "2",
-        "--duration",
-        "1",
+        *SMALL_RUN,
         key=False,
     )
     assert result.returncode != 0
