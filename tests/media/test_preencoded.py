@@ -1,15 +1,18 @@
-"""Pre-encoded audio over a real aiortc connection: the receiver decodes a 440 Hz tone."""
+"""Pre-encoded audio over a real aiortc connection, decoded (a 440 Hz tone) and merely counted."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.media.preencoded import PreencodedAudio
 from agent.peer.ice import restrict_host_addresses
+from agent.peer.receiving import count_only
+from tests.support.waiting import poll_until
 
 
 async def test_preencoded_tone_arrives_as_a_tone() -> None:
@@ -40,4 +43,42 @@ async def test_preencoded_tone_arrives_as_a_tone() -> None:
     finally:
         await sender.close()
         await receiver.close()
+        restrict_host_addresses(None)
+
+
+async def _enough_rtp(pc: RTCPeerConnection) -> bool:
+    stats = await pc.getStats()
+    return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp") >= 50
+
+
+async def test_a_counting_connection_counts_rtp_with_no_decoder_thread() -> None:
+    restrict_host_addresses(["127.0.0.1"])
+    tone = PreencodedAudio("tone")
+    sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    count_only(receiver)
+    sender.addTrack(tone.track())
+    got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    receiver.on("track", got.put_nowait)
+    try:
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        async with asyncio.timeout(15):
+            track = await got.get()
+            await poll_until(lambda: _enough_rtp(receiver))  # one second of 20 ms packets
+            # a plain receiver would have one (the sender's transceiver is send-only)
+            assert not [t for t in threading.enumerate() if t.name == "audio-decoder"]
+            assert track._queue.empty()  # type: ignore[attr-defined]  # nothing decoded
+            await receiver.close()
+            try:  # the track ends with its receiver, as aiortc's own do
+                while True:
+                    await track.recv()
+            except MediaStreamError:
+                pass
+    finally:
+        await sender.close()
+        await receiver.close()
+        tone.stop()
         restrict_host_addresses(None)
