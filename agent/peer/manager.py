@@ -44,7 +44,9 @@ ORPHAN_TIMEOUT_S = 10.0
 class ManagerSettings:
     session: SessionSettings
     call_everyone: bool = False
-    discovery_interval: float = 10.0
+    discovery_interval: float = 10.0  # the longest gap between discoveries
+    # discovery runs this often at first and after a change, doubling up to discovery_interval
+    discovery_first_interval: float = 1.0
     report_interval: float = 60.0  # refresh of the own session's metadata while nothing changes
     min_report_gap: float = 1.0  # state reports are coalesced to at most one per this
     # with call_everyone: whom to call (e.g. only a hub, for a star topology); None = everyone
@@ -206,17 +208,28 @@ class SessionManager:
     # --- discovery and cleanup ---------------------------------------------------------------
 
     async def _discovery_loop(self) -> None:
+        # Fast while people come and go, slow when the meeting is stable: a hundred load-test
+        # participants each asking every second would be most of the backend's traffic.
+        longest = self.settings.discovery_interval
+        first = min(self.settings.discovery_first_interval, longest)
+        interval = first
         while True:
+            changed = True
             with contextlib.suppress(ConvexError):
-                await self.discover_once()
+                changed = await self.discover_once()
             self._forget_old_closed()
-            await asyncio.sleep(self.settings.discovery_interval)
+            interval = first if changed else min(2 * interval, longest)
+            await asyncio.sleep(interval)
 
-    async def discover_once(self) -> None:
-        """Close sessions whose remote went away; with call_everyone, call whoever is new."""
+    async def discover_once(self) -> bool:
+        """Close sessions whose remote went away; with call_everyone, call whoever is new.
+
+        Returns whether the other participants' sessions changed since the previous call.
+        """
         active = await self.api.get_active_sessions(self.local.meeting_id)
         others = [a for a in active if a.userId != self.local.user_id]
         present = {a.sessionId for a in others}
+        changed = present != self._seen_active
         for session_id in list(self.sessions):
             if session_id in self._seen_active and session_id not in present:
                 session = self.sessions.get(session_id)
@@ -236,6 +249,7 @@ class SessionManager:
                 known = {s.remote_user_id for s in self.sessions.values()}
                 if remote.userId not in known and remote.sessionId not in self._closed:
                     self.call(remote.sessionId, remote.userId)
+        return changed
 
     def _forget_old_closed(self) -> None:
         cutoff = time.monotonic() - CLOSED_MEMORY_S

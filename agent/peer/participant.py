@@ -46,6 +46,7 @@ class ParticipantSettings:
     poll_idle_interval: float = 1.25
     poll_recent_window: float = 3.0
     discovery_interval: float = 10.0
+    discovery_first_interval: float = 1.0
     call_filter: Callable[[ActiveSession], bool] | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
     # None: take the ICE servers from getMeetingConnectionInfo
@@ -126,6 +127,7 @@ class Participant:
                 session=s.session,
                 call_everyone=s.call_everyone,
                 discovery_interval=s.discovery_interval,
+                discovery_first_interval=s.discovery_first_interval,
                 call_filter=s.call_filter,
             ),
             local_tracks=self._local_tracks,

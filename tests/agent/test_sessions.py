@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from agent.peer.session import PeerState
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
+from tests.support.waiting import poll_until
 
 
 async def test_renegotiation_remote_adds_video(meeting: Meeting, agent_factory) -> None:
@@ -151,3 +153,33 @@ async def test_unanswered_stun_server_does_not_stall_the_answer(devserver_factor
                 await session.wait_state(PeerState.CONNECTED)
             # offer applied -> connected includes gathering: well under aioice's 5 s
             assert session.time_to_connected is not None and session.time_to_connected < 3.0
+
+
+async def test_discovery_backs_off_while_nothing_changes(meeting: Meeting, agent_factory) -> None:
+    server = meeting.server
+    name = "meetings/webrtc/signaling/getActiveSessions"
+
+    def discoveries() -> int:
+        return int(server.stats()["functions"].get(name, 0))
+
+    async def count_reaches(n: int) -> float:
+        started = asyncio.get_running_loop().time()
+        await poll_until(lambda: _at_least(discoveries, n))
+        return asyncio.get_running_loop().time() - started
+
+    server.reset_stats()
+    async with asyncio.timeout(TIMEOUT):
+        # alone: gaps of 0.1, 0.2, 0.4, 0.8, then 1.6 s (a fixed 0.1 s would take 0.5 s)
+        await agent_factory(meeting, call_everyone=True, discovery_first_interval=0.1,
+                            discovery_interval=1.6)
+        before = discoveries()
+        assert await count_reaches(before + 5) >= 2.5
+        # someone joins: the agent finds and calls them, and looks often again (0.1, 0.2, 0.4)
+        async with meeting.peer("alice") as alice:
+            await alice.connected.wait()
+            found = discoveries()
+            assert await count_reaches(found + 3) < 1.5
+
+
+async def _at_least(count: Callable[[], int], n: int) -> bool:
+    return count() >= n
