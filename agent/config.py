@@ -83,6 +83,8 @@ class AgentSettings(BaseSettings):
     # Media.
     audio: str = Field(default="tone", min_length=1)
     video: str = Field(default="testsrc", min_length=1)
+    # bot: "count" received RTP (getStats) without decoding it, or "decode" every frame
+    receive: Literal["count", "decode"] = "count"
     call_everyone: bool = False
     out: UserPath | None = None
 

@@ -31,6 +31,12 @@ from agent.cli.loop import run_async
 @click.option("--audio", default=None, help="tone | silence | none | FILE (looped)")
 @click.option("--video", default=None, help="testsrc | none | FILE (looped)")
 @click.option(
+    "--receive",
+    type=click.Choice(["count", "decode"]),
+    default=None,
+    help="Bot: count received RTP without decoding (default), or decode every frame.",
+)
+@click.option(
     "--call-everyone/--answer-only",
     default=None,
     help="Offer to every participant found (default: answer only).",

@@ -42,6 +42,7 @@ from agent.peer.ice import (
     parse_candidate,
     sanitize_sdp,
 )
+from agent.peer.receiving import count_only
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IceCandidate, SessionDescription, Signal
 
@@ -75,6 +76,8 @@ class SessionSettings:
     max_ice_restarts: int = 3
     # STUN/TURN gathering never holds an offer or answer longer than this (aioice waits 5 s)
     gather_timeout: float = DEFAULT_GATHER_TIMEOUT_S
+    # False: received media is counted (getStats) but not decoded; remote tracks yield nothing
+    decode_media: bool = True
 
 
 class SessionHooks(Protocol):
@@ -392,6 +395,8 @@ class PeerSession:
             await old.close()
         limit_gathering_time(self.settings.gather_timeout)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.settings.ice_servers)))
+        if not self.settings.decode_media:
+            count_only(pc)
         self.pc = pc
         self._seen_candidates.clear()
         self._last_rx = -1
@@ -493,6 +498,16 @@ class PeerSession:
         pc = self.pc
         if pc is None:
             return
+        received = await self._read_stats(pc)
+        if received > self._last_rx:
+            self._last_rx = received
+            self._last_rx_at = now
+        elif now - self._last_rx_at >= self.settings.media_timeout:
+            log.info("%s: no packets for %.1f s, disconnected", self, now - self._last_rx_at)
+            self._mark_disconnected()
+
+    async def _read_stats(self, pc: RTCPeerConnection) -> int:
+        """Update `stats` from getStats; returns the transport's packets received."""
         received = lost = rtp = 0
         jitters = []
         for report in (await pc.getStats()).values():
@@ -511,12 +526,7 @@ class PeerSession:
         if jitters:
             self.stats.jitter = max(jitters)
         self.stats.packets_received = received
-        if received > self._last_rx:
-            self._last_rx = received
-            self._last_rx_at = now
-        elif now - self._last_rx_at >= self.settings.media_timeout:
-            log.info("%s: no packets for %.1f s, disconnected", self, now - self._last_rx_at)
-            self._mark_disconnected()
+        return received
 
     def _fail(self, reason: str) -> None:
         log.info("%s: failed: %s", self, reason)
@@ -529,6 +539,9 @@ class PeerSession:
         self.close_reason = self.close_reason or reason
         pc, self.pc = self.pc, None
         if pc is not None:
+            if self.state is PeerState.CONNECTED:
+                with contextlib.suppress(Exception):  # the final figures, for reports
+                    await self._read_stats(pc)
             with contextlib.suppress(Exception):
                 await pc.close()
         self.connected.clear()

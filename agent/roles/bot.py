@@ -24,20 +24,24 @@ log = logging.getLogger(__name__)
 class BotReport:
     """What the bot saw, per remote session; printed at exit and used by the demo."""
 
-    received: dict[str, ReceivedMedia] = field(default_factory=dict)
+    received: dict[str, ReceivedMedia] = field(default_factory=dict)  # when decoding
+    rtp_packets: dict[str, int] = field(default_factory=dict)  # RTP received, per remote session
     time_to_connected: dict[str, float] = field(default_factory=dict)
     # set when the first remote track arrives
     first_track: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def summary_lines(self) -> list[str]:
         lines = []
-        for session_id, media in self.received.items():
+        for session_id in {**self.rtp_packets, **self.received}:
             ttc = self.time_to_connected.get(session_id)
             ttc_text = f"{ttc * 1000:.0f} ms" if ttc is not None else "never"
-            lines.append(
-                f"session {session_id}: connected after {ttc_text}, received "
-                f"{media.audio_frames} audio frames, {media.video_frames} video frames"
-            )
+            received = f"{self.rtp_packets.get(session_id, 0)} RTP packets"
+            media = self.received.get(session_id)
+            if media is not None:
+                received += (
+                    f", {media.audio_frames} audio frames, {media.video_frames} video frames"
+                )
+            lines.append(f"session {session_id}: connected after {ttc_text}, received {received}")
         return lines or ["no remote session"]
 
 
@@ -55,6 +59,7 @@ def participant_settings(settings: AgentSettings) -> ParticipantSettings:
             session_timeout=settings.session_timeout,
             ice_restart_after=settings.ice_restart_after,
             media_timeout=settings.media_timeout,
+            decode_media=settings.receive == "decode",
         ),
     )
 
@@ -81,12 +86,18 @@ class Bot:
             observer=metrics,
         )
 
-    def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
-        media = self.report.received.setdefault(session.remote_session_id, ReceivedMedia())
+    def _on_track(
+        self, session: PeerSession, track: MediaStreamTrack
+    ) -> Coroutine[Any, Any, None] | None:
         self.report.first_track.set()
+        if not session.settings.decode_media:
+            return None  # counted from the connection's statistics instead
+        media = self.report.received.setdefault(session.remote_session_id, ReceivedMedia())
         return media.consume(track)
 
     def _on_state(self, session: PeerSession) -> None:
+        if session.stats.rtp_received or session.state is PeerState.CONNECTED:
+            self.report.rtp_packets[session.remote_session_id] = session.stats.rtp_received
         if session.state is PeerState.CONNECTED and session.time_to_connected is not None:
             self.report.time_to_connected.setdefault(
                 session.remote_session_id, session.time_to_connected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 import time
@@ -64,9 +65,40 @@ async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Pat
                                             meetingId=meeting.id)
             bot = next(p for p in participants if p["userId"] == meeting.users["bot"])
             assert bot["presence"] == "left"
-            assert "received" in log and "left meeting" in log
+            assert "left meeting" in log
+            # The default `--receive count`: RTP counted from the connection, nothing decoded.
+            packets = re.search(r"received (\d+) RTP packets\n", log)
+            assert packets is not None and int(packets.group(1)) > 0, log[-2000:]
             # Debug logging never shows the token.
             assert meeting.tokens["bot"] not in log
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_receive_decode_counts_decoded_frames(meeting: Meeting, tmp_path: Path) -> None:
+    proc = await start_agent(meeting, tmp_path, "--receive", "decode", "--video", "none")
+    try:
+        async with meeting.peer("alice") as alice:
+            await call_agent(meeting, alice)
+            async def a_second_of_media() -> bool:
+                # media has flowed both ways for a second: the agent has decoded some too
+                return alice.received.audio_frames >= 50
+
+            async with asyncio.timeout(TIMEOUT):
+                await alice.connected.wait()
+                await poll_until(a_second_of_media)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(5.0):
+                assert await proc.wait() == 0
+            _, stderr = await proc.communicate()
+            log = stderr.decode()
+            frames = re.search(r"received (\d+) RTP packets, (\d+) audio frames, (\d+) video", log)
+            assert frames is not None, log[-2000:]
+            # alice sends audio and video; each decoded audio frame came in one RTP packet
+            assert 0 < int(frames.group(2)) <= int(frames.group(1))
+            assert int(frames.group(3)) > 0
     finally:
         if proc.returncode is None:
             proc.kill()
