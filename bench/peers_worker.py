@@ -1,7 +1,7 @@
 """Child process of the benchmarks: N scripted remote peers that offer to the agent at once.
 
 stdin: one JSON object {url, meeting, target, peers: [{token, user_id}], audio, video, trickle,
-candidate_delay, sequential, gap_s, seed}, then a line "go" to offer, then EOF to leave.
+candidate_delay, sequential, gap_s, seed, light}, then a line "go" to offer, then EOF to leave.
 stdout: one JSON line per peer once connected
 {user_id, session_id, offer_to_connected_s}, then {"done": true}.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.media.preencoded import PreencodedAudio
 from agent.peer.ice import restrict_host_addresses
 from tests.support.peers import RemotePeer
 
@@ -30,6 +31,10 @@ async def main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = json.loads(await reader.readline())
     restrict_host_addresses(["127.0.0.1"])
+    # light: the peers send one pre-encoded tone and count what they receive without decoding,
+    # so that many of them fit beside the agent on a small machine
+    light = spec.get("light", False)
+    tone = PreencodedAudio("tone") if light else None
     peers = [
         RemotePeer(
             spec["url"],
@@ -40,6 +45,8 @@ async def main() -> None:
             video=spec.get("video", False),
             poll_interval=0.02,
             idle_poll_interval=spec.get("idle_poll_interval", 1.0),
+            audio_track=tone.track if tone is not None else None,
+            decode=not light,
         )
         for p in spec["peers"]
     ]

@@ -8,6 +8,9 @@ fixed-interval baseline (the same agent polling every 250 ms).
 Figures:
 The 1-session case is 10 calls one after another (at random moments); 50 sessions call at once.
 Remote peers trickle their candidates after the offer, 100 ms apart (a browser's STUN gathering).
+The agent runs as `connvo-agent run` does (uvloop, received RTP counted, not decoded); the remote
+peers send a pre-encoded tone and decode nothing, since in a real meeting they would not share the
+agent's CPU.
 
 - signal latency p50/p99: server insert -> applied by the agent, for signals fetched while the
   agent was negotiating (polling fast); `idle-found` is the latency of signals an idle poll found
@@ -38,11 +41,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.cli.loop import run_async  # noqa: E402
 from agent.convex import ConvexClient, TokenSource  # noqa: E402
 from agent.devserver.process import DevServerProcess  # noqa: E402
 from agent.media import MediaSources  # noqa: E402
 from agent.peer.ice import restrict_host_addresses  # noqa: E402
 from agent.peer.participant import ParticipantSettings  # noqa: E402
+from agent.peer.session import SessionSettings  # noqa: E402
 from agent.roles.bot import Bot  # noqa: E402
 from agent.signaling.api import ConnvoApi  # noqa: E402
 
@@ -92,6 +97,8 @@ async def scenario(
             poll_fast_interval=fast,
             poll_idle_interval=idle,
             call_everyone=agent_calls,
+            # as `connvo-agent run` receives by default (--receive count): RTP counted, not decoded
+            session=SessionSettings(decode_media=False),
         )
         client = ConvexClient(server.url, TokenSource(value=server.token("bot")))
         bot = Bot(ConnvoApi(client), settings, MediaSources.open(agent_audio, "none"))
@@ -119,6 +126,9 @@ async def scenario(
                     "answer_only": agent_calls,
                     # a browser waiting for a call polls slowly too; 50 of them at 4/s
                     "idle_poll_interval": 0.25 if agent_calls else 1.0,
+                    # the remote participants would be on other machines: here they share two
+                    # cores with the agent, so they send one pre-encoded tone and decode nothing
+                    "light": True,
                 }
                 worker.stdin.write(json.dumps(spec).encode() + b"\n")
                 await worker.stdin.drain()
@@ -244,4 +254,4 @@ async def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(run_async(main()))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from aiortc.contrib.media import (
 )
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
+
+from agent.peer.receiving import count_only
 
 SIGNALING = "meetings/webrtc/signaling"
 
@@ -57,6 +60,8 @@ class RemotePeer:
         poll_interval: float = 0.02,
         idle_poll_interval: float | None = None,
         audio_file: str | None = None,
+        audio_track: Callable[[], MediaStreamTrack] | None = None,
+        decode: bool = True,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -66,6 +71,10 @@ class RemotePeer:
         # Play this file (once, in real time) instead of aiortc's silence: a new player per
         # connection, so each connection hears the file from its start.
         self.audio_file = audio_file
+        # Or a track from this factory (e.g. pre-encoded audio shared by many peers)
+        self.audio_track = audio_track
+        # False: received media is only counted by the connection (getStats), never decoded
+        self.decode = decode
         self.players: list[MediaPlayer] = []
         self.video = video
         self.poll_interval = poll_interval
@@ -276,9 +285,13 @@ class RemotePeer:
     async def _new_pc(self) -> None:
         await self._close_pc()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if not self.decode:
+            count_only(pc)
         self.pc = pc
         self.connected.clear()
-        if self.audio and self.audio_file is not None:
+        if self.audio and self.audio_track is not None:
+            pc.addTrack(self.audio_track())
+        elif self.audio and self.audio_file is not None:
             player = MediaPlayer(self.audio_file)
             self.players.append(player)
             assert player.audio is not None
