@@ -59,7 +59,8 @@ def participant_settings(settings: AgentSettings) -> ParticipantSettings:
             session_timeout=settings.session_timeout,
             ice_restart_after=settings.ice_restart_after,
             media_timeout=settings.media_timeout,
-            decode_media=settings.receive == "decode",
+            # the recorder and the transcriber need every frame; the bot only counts by default
+            decode_media=settings.role != "bot" or settings.receive == "decode",
         ),
     )
 

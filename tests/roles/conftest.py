@@ -12,14 +12,16 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 
+from agent.config import AgentSettings
 from agent.convex import ConvexClient, RetryPolicy, TokenSource
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import ParticipantSettings
+from agent.roles.bot import participant_settings as role_participant_settings
 from agent.signaling.api import ConnvoApi
 from tests.agent.conftest import Meeting, make_meeting
 
@@ -93,9 +95,14 @@ def short_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
                       lead=0.5, pause=1.0)
 
 
-def participant_settings(meeting: Meeting, state_dir: Path) -> ParticipantSettings:
-    return ParticipantSettings(meeting_id=meeting.id, state_dir=state_dir,
-                               poll_idle_interval=0.2, discovery_interval=2.0)
+def participant_settings(meeting: Meeting, state_dir: Path,
+                         role: Literal["recorder", "transcriber"] = "recorder",
+                         ) -> ParticipantSettings:
+    """What `connvo-agent run --role ROLE` would use, from the same settings mapping."""
+    settings = AgentSettings(url=meeting.server.url, token=meeting.tokens["bot"],
+                             meeting=meeting.id, role=role,
+                             state_dir=state_dir, poll_idle_interval=0.2, discovery_interval=2.0)
+    return role_participant_settings(settings)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ INGEST = "transcripts/ingestion/ingestTranscriptChunk"
 def make(meeting: Any, clients: Any, tmp_path: Path) -> Transcriber:
     return Transcriber(
         clients(meeting),
-        participant_settings(meeting, tmp_path / "state"),
+        participant_settings(meeting, tmp_path / "state", "transcriber"),
         create_engine("pocketsphinx"),
         TranscriberSettings(transcript_dir=tmp_path / "transcripts"),
         ingest_api=clients(meeting, attempts=1),
