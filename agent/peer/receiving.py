@@ -6,9 +6,10 @@ of thread wake-ups a second, each taking the GIL from the event loop; and a part
 never reads a track still pays for decoding it (and the decoded frames pile up in the track).
 Many participants only need to know that media arrived, which getStats counts before any of that.
 
-`count_only(pc)` makes the receivers `pc` creates from then on drop reassembled frames where
-aiortc would queue them, with no thread at all; their tracks yield nothing and end when the
-receiver stops, as aiortc's do. Other connections are untouched.
+`count_only(pc)` makes the receivers `pc` creates from then on count packets and stop there: no
+frame reassembly (so no keyframe requests either), no decoder thread; their tracks yield nothing
+and end when the receiver stops, as aiortc's do. RTCP (receiver reports, so RTT and loss) flows
+as usual. Other connections are untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class _DroppingQueue:
     def put(self, item: Any) -> None:
         if item is None:  # the receiver stops its decoder: end the track, as aiortc's worker does
             self.end_track()
+
+
+class _NoJitterBuffer:
+    """Stands in for a counting receiver's jitter buffer: no frame is ever reassembled."""
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        return False, None  # no picture loss to report, no frame to decode
 
 
 class _NoDecoderThread:
@@ -73,6 +81,8 @@ def count_only(pc: RTCPeerConnection) -> None:
         # in time: aiortc starts a receiver only once ICE and DTLS are up
         receiver: Any = transceiver.receiver
         receiver._RTCRtpReceiver__decoder_queue = _DroppingQueue()
+        # nothing will decode: reassembling frames (and asking for keyframes) is wasted work
+        receiver._RTCRtpReceiver__jitter_buffer = _NoJitterBuffer()
         return transceiver
 
     # the name-mangled `self.__createTransceiver(...)` finds the instance attribute first
