@@ -49,6 +49,8 @@ class ManagerSettings:
     discovery_first_interval: float = 1.0
     report_interval: float = 60.0  # refresh of the own session's metadata while nothing changes
     min_report_gap: float = 1.0  # state reports are coalesced to at most one per this
+    # offers made or answered at the same time (the rest wait their turn, first come first served)
+    concurrent_negotiations: int = 4
     # with call_everyone: whom to call (e.g. only a hub, for a star topology); None = everyone
     call_filter: Callable[[ActiveSession], bool] | None = None
 
@@ -79,6 +81,7 @@ class SessionManager:
         self._kick: Callable[[], None] = lambda: None
         self._closed: dict[str, float] = {}  # remote session id -> when it closed
         self._seen_active: set[str] = set()
+        self._negotiation_gate = asyncio.Semaphore(settings.concurrent_negotiations)
         self._tasks: asyncio.TaskGroup | None = None
         self._report_wake = asyncio.Event()
         self._reported: tuple[SessionState, int] | None = None
@@ -181,6 +184,7 @@ class SessionManager:
             api=self.api,
             hooks=self,
             settings=self.settings.session,
+            negotiation_gate=self._negotiation_gate,
         )
         self.sessions[remote_session_id] = session
         self._tasks.create_task(session.run(), name=f"session-{remote_session_id}")

@@ -132,6 +132,7 @@ class PeerSession:
         api: ConnvoApi,
         hooks: SessionHooks,
         settings: SessionSettings,
+        negotiation_gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.remote_session_id = remote_session_id
         self.remote_user_id = remote_user_id
@@ -139,6 +140,8 @@ class PeerSession:
         self.api = api
         self.hooks = hooks
         self.settings = settings
+        # shared by the sessions of one manager: a few offers/answers at a time (see _on_offer)
+        self._negotiation_gate = negotiation_gate or asyncio.Semaphore(1)
         # Perfect negotiation needs exactly one polite side; both derive it from the user IDs.
         self.polite = local.user_id > remote_user_id
         self.state = PeerState.NEW
@@ -274,11 +277,17 @@ class PeerSession:
         assert pc is not None
         self._last_remote_offer = offer.sdp
         self._begin_negotiation()
-        await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(offer.sdp), "offer"))
-        self._attach_local_tracks(pc, add_missing=False)
-        await self._flush_candidates()
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
+        # When fifty offers arrive at once, answering all of them in parallel (each one's steps
+        # interleaved with everyone else's) sends every answer at the end; a few at a time sends
+        # the first ones at once and the last ones no later. The wait counts in time_to_connected.
+        async with self._negotiation_gate:
+            if pc is not self.pc:
+                return "ignored"  # replaced while waiting (a newer offer, a restart)
+            await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(offer.sdp), "offer"))
+            self._attach_local_tracks(pc, add_missing=False)
+            await self._flush_candidates()
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
         await self._send_description("answer", pc.localDescription.sdp)
         return "applied"
 
@@ -362,8 +371,11 @@ class PeerSession:
                 return  # an offer/answer exchange is already under way
             self._attach_local_tracks(pc, add_missing=True)
             self._begin_negotiation()
-            offer = await pc.createOffer()
-            await pc.setLocalDescription(offer)
+            async with self._negotiation_gate:  # as for answers: a few at a time, first come first
+                if pc is not self.pc or pc.signalingState != "stable":
+                    return
+                offer = await pc.createOffer()
+                await pc.setLocalDescription(offer)
             await self._send_description("offer", pc.localDescription.sdp)
         except Exception as exc:
             log.warning("%s: could not make an offer (%s): %s", self, command.reason, exc)
