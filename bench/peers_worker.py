@@ -43,7 +43,7 @@ async def main() -> None:
             p["user_id"],
             audio=spec.get("audio", True),
             video=spec.get("video", False),
-            poll_interval=0.02,
+            poll_interval=spec.get("poll_interval", 0.02),
             idle_poll_interval=spec.get("idle_poll_interval", 1.0),
             audio_track=tone.track if tone is not None else None,
             decode=not light,

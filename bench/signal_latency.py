@@ -24,6 +24,7 @@ With --call rows ("agent calls"), the agent offers to 50 waiting peers instead: 
 arrive while it negotiates, which is where the negotiating-phase latency is measured at scale.
 
     python bench/signal_latency.py [--sessions 1 50] [--idle-seconds 10] [--agent-audio none]
+                                   [--peer-procs 1]
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ from agent.roles.bot import Bot  # noqa: E402
 from agent.signaling.api import ConnvoApi  # noqa: E402
 
 FIXED_INTERVAL_S = 0.25
+# How often a remote peer polls while negotiating: as often as the join page does (FAST_POLL_MS in
+# agent/devserver/static/join.js). At 20 ms, 50 peers sent 2,500 requests a second to a backend
+# sharing two cores with the agent, and the figure measured the backend.
+PEER_POLL_S = 0.05
 
 
 @dataclass
@@ -82,6 +87,7 @@ async def scenario(
     workdir: Path,
     agent_calls: bool = False,
     agent_audio: str = "none",
+    peer_procs: int = 1,
 ) -> Row:
     # One session at a time is measured over `rounds` sequential calls; more at once in one burst.
     # With agent_calls, the peers wait and the agent (--call-everyone) offers to all of them.
@@ -103,13 +109,17 @@ async def scenario(
         client = ConvexClient(server.url, TokenSource(value=server.token("bot")))
         bot = Bot(ConnvoApi(client), settings, MediaSources.open(agent_audio, "none"))
         stop = asyncio.Event()
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "bench" / "peers_worker.py"),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert worker.stdin is not None and worker.stdout is not None
+        # The remote peers, split over `peer_procs` processes (they would be separate machines).
+        procs = 1 if sequential else max(1, min(peer_procs, len(peers)))
+        workers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(ROOT / "bench" / "peers_worker.py"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for _ in range(procs)
+        ]
         try:
             async with asyncio.TaskGroup() as tasks:
                 if not agent_calls:
@@ -119,7 +129,6 @@ async def scenario(
                     "url": server.url,
                     "meeting": meeting_id,
                     "target": server.user_id("bot"),
-                    "peers": peers,
                     "trickle": True,
                     "candidate_delay": 0.1,
                     "sequential": sequential,
@@ -129,24 +138,22 @@ async def scenario(
                     # the remote participants would be on other machines: here they share two
                     # cores with the agent, so they send one pre-encoded tone and decode nothing
                     "light": True,
+                    "poll_interval": PEER_POLL_S,
                 }
-                worker.stdin.write(json.dumps(spec).encode() + b"\n")
-                await worker.stdin.drain()
-                json.loads(await worker.stdout.readline())  # ready
+                for k, worker in enumerate(workers):
+                    share = {**spec, "peers": peers[k::procs]}
+                    await _send(worker, json.dumps(share))
+                    json.loads(await _stdout(worker).readline())  # ready
                 if agent_calls:
                     tasks.create_task(bot.run(stop))  # finds the peers at its first discovery
                     await bot.participant.joined.wait()
                 # Let the agent settle into idle polling first, as it would be before a call.
                 await asyncio.sleep(settings.poll_recent_window + 3 * idle)
-                worker.stdin.write(b"go\n")
-                await worker.stdin.drain()
+                for worker in workers:
+                    await _send(worker, "go")
                 peer_times: list[float] = []
-                while True:
-                    line = json.loads(await worker.stdout.readline())
-                    if line.get("done"):
-                        break
-                    if line["offer_to_connected_s"] is not None:
-                        peer_times.append(line["offer_to_connected_s"])
+                for times in await asyncio.gather(*(_connect_times(w) for w in workers)):
+                    peer_times += times
                 # Settle: let the poller back off to idle, then count its requests.
                 await asyncio.sleep(settings.poll_recent_window + 3 * idle)
                 server.reset_stats()
@@ -171,8 +178,10 @@ async def scenario(
                 found_idle = list(poller_stats.idle_latencies)
                 stop.set()
         finally:
-            worker.stdin.close()
-            await worker.wait()
+            for worker in workers:
+                if worker.stdin is not None:
+                    worker.stdin.close()
+                await worker.wait()
             bot.sources.close()
             await client.aclose()
     label = "adaptive" if poller == "adaptive" else f"fixed {FIXED_INTERVAL_S * 1000:.0f} ms"
@@ -187,6 +196,28 @@ async def scenario(
         peer_offer_to_connected_p50_ms=None if agent_calls else pct(peer_times, 0.50),
         idle_requests_per_s=idle_rate,
     )
+
+
+async def _send(worker: asyncio.subprocess.Process, line: str) -> None:
+    assert worker.stdin is not None
+    worker.stdin.write(line.encode() + b"\n")
+    await worker.stdin.drain()
+
+
+def _stdout(worker: asyncio.subprocess.Process) -> asyncio.StreamReader:
+    assert worker.stdout is not None
+    return worker.stdout
+
+
+async def _connect_times(worker: asyncio.subprocess.Process) -> list[float]:
+    """A peers worker's offer->connected times, until it says it is done."""
+    times = []
+    while True:
+        line = json.loads(await _stdout(worker).readline())
+        if line.get("done"):
+            return times
+        if line["offer_to_connected_s"] is not None:
+            times.append(line["offer_to_connected_s"])
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -223,6 +254,13 @@ async def main(argv: list[str] | None = None) -> int:
         help="what the agent sends: none (signalling only, the default) or silence/tone, which "
         "adds one Opus encoder per session to the agent's event loop",
     )
+    parser.add_argument(
+        "--peer-procs",
+        type=int,
+        default=1,
+        help="processes the remote peers of a burst are spread over (on a 2-core machine more "
+        "than one takes CPU from the agent)",
+    )
     args = parser.parse_args(argv)
     restrict_host_addresses(["127.0.0.1"])
     rows: list[Row] = []
@@ -240,6 +278,7 @@ async def main(argv: list[str] | None = None) -> int:
                     Path(tmp),
                     agent_calls,
                     args.agent_audio,
+                    args.peer_procs,
                 )
             )
             print(
