@@ -206,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         "--ladder",
         type=int,
         nargs="+",
-        default=[10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 140, 160, 200, 240],
+        default=[10, 16, 20, 24, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 140, 160, 200, 240],
     )
     parser.add_argument("--hold", type=float, default=8.0, help="seconds measured per step")
     parser.add_argument("--modes", nargs="+", default=["preencoded", "full", "aiortc"])
     parser.add_argument("--memory-sessions", type=int, default=100)
     args = parser.parse_args(argv)
+    if any(n % 2 for n in args.ladder):
+        parser.error("--ladder: participants come in pairs, so every rung must be even")
     capacity: dict[str, int] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp,
