@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from agent.media.speech import create_engine
+import pytest
+
+from agent.media.speech import SpeechEngineError, create_engine
 from agent.roles.transcriber import Transcriber, TranscriberSettings
 from tests.roles.conftest import (
     Speech,
@@ -117,3 +120,24 @@ async def test_outbox_survives_failures_and_restart_without_duplicates(
     assert restarted.final_counts == {"posted": queued}
     assert restarted.summary_lines()[1] == f"outbox: {queued} posted"
     meeting.server.clear_faults()
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ("vosk", "stt_engine: needs the 'vosk' package (pip install vosk)"),
+        ("faster-whisper", "stt_engine: needs the 'faster-whisper' package"),
+        ("whisper.cpp", "stt_engine: unknown engine 'whisper.cpp'"),
+    ],
+)
+def test_an_engine_that_cannot_load_is_one_clear_line(
+    engine: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # vosk is not on this machine's package index and faster-whisper models need a download, so
+    # the other engines are checked up to loading: a missing package is a one-line error (hidden
+    # here even where it is installed).
+    for module in ("vosk", "faster_whisper"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(SpeechEngineError) as raised:
+        create_engine(engine, Path("/nonexistent-model"))
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
