@@ -167,6 +167,7 @@ class PeerSession:
         self._last_rx_at = time.monotonic()
         self._disconnected_since: float | None = None
         self._restarts_in_row = 0
+        self._answered_at: float | None = None  # our last answer, while not connected
 
     def __repr__(self) -> str:
         return f"PeerSession({self.remote_user_id}/{self.remote_session_id}, {self.state})"
@@ -289,6 +290,8 @@ class PeerSession:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         await self._send_description("answer", pc.localDescription.sdp)
+        if self.state is not PeerState.CONNECTED:
+            self._answered_at = time.monotonic()
         return "applied"
 
     async def _on_answer(self, answer: SessionDescription) -> str:
@@ -462,6 +465,7 @@ class PeerSession:
             self.connected_at = now
             self._disconnected_since = None
             self._restarts_in_row = 0
+            self._answered_at = None
             self._last_rx_at = now
             self._set_state(PeerState.CONNECTED)
             self.connected.set()
@@ -491,6 +495,17 @@ class PeerSession:
                 started = self.negotiation_started_at or self.created_at
                 if now - started > self.settings.session_timeout:
                     self._fail("negotiation timed out")
+                elif (
+                    self._answered_at is not None
+                    and now - self._answered_at >= self.settings.ice_restart_after
+                    and self._restarts_in_row < self.settings.max_ice_restarts
+                ):
+                    # Our answer went out and nothing connected: it was lost, or ignored by a
+                    # peer that already took an answer to this offer (from this agent before a
+                    # crash, unacknowledged). Offer afresh, as for an ICE restart.
+                    self._answered_at = None
+                    self._restarts_in_row += 1
+                    self.request_offer("answer not taken", restart=True)
             elif self.state is PeerState.CONNECTED:
                 await self._check_liveness(now)
             elif self.state is PeerState.DISCONNECTED:

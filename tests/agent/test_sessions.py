@@ -45,6 +45,19 @@ async def test_remote_ice_restart(meeting: Meeting, agent_factory) -> None:
     applied_once(agent)
 
 
+async def test_an_answer_not_taken_is_followed_by_an_offer(meeting: Meeting, agent_factory) -> None:
+    """The remote drops the agent's answer: the agent offers afresh after ice_restart_after."""
+    agent = await agent_factory(meeting, ice_restart_after=1.0)
+    async with meeting.peer("alice", ignore_answers=1) as alice:
+        await alice.offer(meeting.users["bot"])
+        async with asyncio.timeout(TIMEOUT):
+            await alice.connected.wait()
+        # the agent offered afresh, and alice answered it
+        assert alice.offers_received == 1 and alice.answers == 1
+        await media_both_ways(agent, alice)
+    applied_once(agent)
+
+
 async def test_agent_restarts_ice_when_media_stops(meeting: Meeting, agent_factory) -> None:
     """The remote's connection dies silently: the agent notices the silence and restarts ICE."""
     agent = await agent_factory(meeting, media_timeout=1.0, ice_restart_after=0.5)

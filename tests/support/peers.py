@@ -62,6 +62,7 @@ class RemotePeer:
         audio_file: str | None = None,
         audio_track: Callable[[], MediaStreamTrack] | None = None,
         decode: bool = True,
+        ignore_answers: int = 0,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -75,6 +76,9 @@ class RemotePeer:
         self.audio_track = audio_track
         # False: received media is only counted by the connection (getStats), never decoded
         self.decode = decode
+        # Drop this many answers, and the connection that offered: as a peer whose offer was
+        # answered twice (by an agent that crashed before acknowledging it, then again)
+        self.ignore_answers = ignore_answers
         self.players: list[MediaPlayer] = []
         self.video = video
         self.poll_interval = poll_interval
@@ -276,6 +280,10 @@ class RemotePeer:
             await self.send_sdp("answer", self.pc.localDescription.sdp, s["fromUserId"])
             self.answers += 1
         elif data["type"] in ("answer", "pranswer"):
+            if self.ignore_answers > 0:
+                self.ignore_answers -= 1
+                await self._close_pc()
+                return
             if self.pc is not None and self.pc.signalingState == "have-local-offer":
                 await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"],
                                                                          data["type"]))
