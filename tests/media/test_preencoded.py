@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 
 import numpy as np
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -15,12 +18,17 @@ from agent.peer.receiving import count_only
 from tests.support.waiting import poll_until
 
 
-async def test_preencoded_tone_arrives_as_a_tone() -> None:
+@contextlib.asynccontextmanager
+async def tone_call(
+    *, counting: bool = False
+) -> AsyncIterator[tuple[RTCPeerConnection, asyncio.Queue[MediaStreamTrack]]]:
+    """A pre-encoded tone sent over a real loopback connection: (receiving pc, its tracks)."""
     restrict_host_addresses(["127.0.0.1"])
     tone = PreencodedAudio("tone")
     sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    # Two tracks from one encoding: both connections would share the packets.
+    if counting:
+        count_only(receiver)
     sender.addTrack(tone.track())
     got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
     receiver.on("track", got.put_nowait)
@@ -29,21 +37,26 @@ async def test_preencoded_tone_arrives_as_a_tone() -> None:
         await receiver.setRemoteDescription(sender.localDescription)
         await receiver.setLocalDescription(await receiver.createAnswer())
         await sender.setRemoteDescription(receiver.localDescription)
-        async with asyncio.timeout(15):
-            track = await got.get()
-            samples = []
-            while sum(len(s) for s in samples) < 48_000:  # one second of decoded audio
-                frame = await track.recv()
-                samples.append(frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0])
-        pcm = np.concatenate(samples)[-24_000:].astype(np.float64)
-        spectrum = np.abs(np.fft.rfft(pcm))
-        peak_hz = np.argmax(spectrum) * 48_000 / len(pcm)
-        assert abs(peak_hz - 440) < 5
-        assert np.sqrt(np.mean(pcm**2)) > 1000  # a tone, not silence
+        yield receiver, got
     finally:
         await sender.close()
         await receiver.close()
+        tone.stop()
         restrict_host_addresses(None)
+
+
+async def test_preencoded_tone_arrives_as_a_tone() -> None:
+    async with tone_call() as (_, got), asyncio.timeout(15):
+        track = await got.get()
+        samples = []
+        while sum(len(s) for s in samples) < 48_000:  # one second of decoded audio
+            frame = await track.recv()
+            samples.append(frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0])
+    pcm = np.concatenate(samples)[-24_000:].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(pcm))
+    peak_hz = np.argmax(spectrum) * 48_000 / len(pcm)
+    assert abs(peak_hz - 440) < 5
+    assert np.sqrt(np.mean(pcm**2)) > 1000  # a tone, not silence
 
 
 async def _enough_rtp(pc: RTCPeerConnection) -> bool:
@@ -52,33 +65,13 @@ async def _enough_rtp(pc: RTCPeerConnection) -> bool:
 
 
 async def test_a_counting_connection_counts_rtp_with_no_decoder_thread() -> None:
-    restrict_host_addresses(["127.0.0.1"])
-    tone = PreencodedAudio("tone")
-    sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    count_only(receiver)
-    sender.addTrack(tone.track())
-    got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
-    receiver.on("track", got.put_nowait)
-    try:
-        await sender.setLocalDescription(await sender.createOffer())
-        await receiver.setRemoteDescription(sender.localDescription)
-        await receiver.setLocalDescription(await receiver.createAnswer())
-        await sender.setRemoteDescription(receiver.localDescription)
-        async with asyncio.timeout(15):
-            track = await got.get()
-            await poll_until(lambda: _enough_rtp(receiver))  # one second of 20 ms packets
-            # a plain receiver would have one (the sender's transceiver is send-only)
-            assert not [t for t in threading.enumerate() if t.name == "audio-decoder"]
-            assert track._queue.empty()  # type: ignore[attr-defined]  # nothing decoded
-            await receiver.close()
-            try:  # the track ends with its receiver, as aiortc's own do
-                while True:
-                    await track.recv()
-            except MediaStreamError:
-                pass
-    finally:
-        await sender.close()
+    async with tone_call(counting=True) as (receiver, got), asyncio.timeout(15):
+        track = await got.get()
+        await poll_until(lambda: _enough_rtp(receiver))  # one second of 20 ms packets
+        # a plain receiver would have one (the sender's transceiver is send-only)
+        assert not [t for t in threading.enumerate() if t.name == "audio-decoder"]
+        assert track._queue.empty()  # type: ignore[attr-defined]  # nothing decoded
         await receiver.close()
-        tone.stop()
-        restrict_host_addresses(None)
+        with pytest.raises(MediaStreamError):  # the track ends with its receiver, like aiortc's
+            while True:
+                await track.recv()
