@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import av
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
+
+from agent.media.sinks import frames
 
 log = logging.getLogger(__name__)
 
@@ -291,11 +293,7 @@ class MeetingRecording:
         writer: TrackWriter | None = None
         entry: FileEntry | None = None
         try:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
+            async for frame in frames(track):
                 if entry is None:
                     now = self._clock()
                     self._counter += 1

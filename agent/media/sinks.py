@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
 Clock = Callable[[], float]
+
+
+async def frames(track: MediaStreamTrack) -> AsyncIterator[Any]:
+    """The frames of a remote track until it ends (aiortc ends a track with MediaStreamError)."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        yield frame
 
 
 @dataclass
@@ -81,11 +91,7 @@ class FrameCounter:
         """Read `track` until it ends (MediaStreamError); returns normally then."""
         self.kind = track.kind
         try:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
+            async for frame in frames(track):
                 self._count(frame)
         finally:
             self.ended = True

@@ -41,10 +41,10 @@ from typing import Any
 
 import av
 from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
 
 from agent.convex import AuthError, ConvexError, FunctionError, TransientError
 from agent.media.recording import _safe
+from agent.media.sinks import frames
 from agent.media.speech import (
     SAMPLE_RATE,
     Recognizer,
@@ -409,15 +409,11 @@ class Transcriber:
         log.info("transcribing user %s, session %s (%s)", speaker, session_id, self.engine.name)
         batch: list[tuple[Any, float]] = []
         try:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    break
+            async for frame in frames(track):
                 batch.append((frame, time.time()))
                 if len(batch) >= 10:  # 200 ms of audio per worker-thread call
-                    frames, batch = batch, []
-                    self._queue(await asyncio.to_thread(stream.push, frames))
+                    full, batch = batch, []
+                    self._queue(await asyncio.to_thread(stream.push, full))
         finally:
             # Also on cancellation (session closed, shutdown): the last utterance is kept.
             self._queue(stream.push(batch) + stream.finish())
@@ -565,6 +561,5 @@ class Transcriber:
 
 
 async def _drain(track: MediaStreamTrack) -> None:
-    with contextlib.suppress(MediaStreamError):
-        while True:
-            await track.recv()
+    async for _ in frames(track):
+        pass
