@@ -218,7 +218,7 @@ class SessionManager:
         first = min(self.settings.discovery_first_interval, longest)
         interval = first
         while True:
-            changed = True
+            changed = False  # a failed request backs off too: no faster calls into an outage
             with contextlib.suppress(ConvexError):
                 changed = await self.discover_once()
             self._forget_old_closed()
