@@ -23,7 +23,10 @@ from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import ParticipantSettings
 from agent.roles.bot import participant_settings as role_participant_settings
 from agent.signaling.api import ConnvoApi
-from tests.agent.conftest import Meeting, make_meeting
+from tests.agent import conftest as agent_conftest
+from tests.agent.conftest import Meeting
+
+meeting = agent_conftest.meeting  # the same fixture as tests/agent
 
 SPEECH_RATE = 22_050  # espeak-ng's output rate
 
@@ -33,11 +36,6 @@ def loopback_only() -> Iterator[None]:
     restrict_host_addresses(["127.0.0.1"])
     yield
     restrict_host_addresses(None)
-
-
-@pytest.fixture
-def meeting(devserver: Any) -> Meeting:
-    return make_meeting(devserver)
 
 
 @dataclass
