@@ -65,6 +65,10 @@ class LocalIdentity:
     session_id: str
 
 
+# Reading a closing connection's last statistics may take at most this long.
+FINAL_STATS_TIMEOUT_S = 0.5
+
+
 @dataclass
 class SessionSettings:
     ice_servers: list[RTCIceServer] = field(default_factory=list)
@@ -567,8 +571,10 @@ class PeerSession:
         pc, self.pc = self.pc, None
         if pc is not None:
             if self.state is PeerState.CONNECTED:
-                with contextlib.suppress(Exception):  # the final figures, for reports
-                    await self._read_stats(pc)
+                # the final figures, for reports; never holding up a shutdown
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(FINAL_STATS_TIMEOUT_S):
+                        await self._read_stats(pc)
             with contextlib.suppress(Exception):
                 await pc.close()
         self.connected.clear()
