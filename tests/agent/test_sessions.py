@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from agent.peer.session import PeerState
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
-from tests.support.waiting import poll_until
+from tests.support.waiting import POLL_INTERVAL_S
 
 
 async def test_renegotiation_remote_adds_video(meeting: Meeting, agent_factory) -> None:
@@ -169,30 +170,63 @@ async def test_unanswered_stun_server_does_not_stall_the_answer(devserver_factor
 
 
 async def test_discovery_backs_off_while_nothing_changes(meeting: Meeting, agent_factory) -> None:
+    """Discovery doubles its gap while the meeting is unchanged, starts small again after a change.
+
+    Asserted on the gaps between the backend's getActiveSessions calls, as ratios: a loaded machine
+    stretches every gap a little, never turns a doubling sequence into a flat one.
+    """
     server = meeting.server
     name = "meetings/webrtc/signaling/getActiveSessions"
-
-    def discoveries() -> int:
-        return int(server.stats()["functions"].get(name, 0))
-
-    async def count_reaches(n: int) -> float:
-        started = asyncio.get_running_loop().time()
-        await poll_until(lambda: _at_least(discoveries, n))
-        return asyncio.get_running_loop().time() - started
-
-    server.reset_stats()
-    async with asyncio.timeout(TIMEOUT):
-        # alone: gaps of 0.1, 0.2, 0.4, 0.8, then 1.6 s (a fixed 0.1 s would take 0.5 s)
-        await agent_factory(meeting, call_everyone=True, discovery_first_interval=0.1,
-                            discovery_interval=1.6)
-        before = discoveries()
-        assert await count_reaches(before + 5) >= 2.5
-        # someone joins: the agent finds and calls them, and looks often again (0.1, 0.2, 0.4)
+    clock = _CallTimes(lambda: int(server.stats()["functions"].get(name, 0)))
+    first, longest = 0.2, 1.6
+    async with asyncio.timeout(TIMEOUT), asyncio.TaskGroup() as tasks:
+        sampler = tasks.create_task(clock.run())
+        # alone: gaps of 0.2, 0.4, 0.8, then 1.6 s
+        await agent_factory(meeting, call_everyone=True, discovery_first_interval=first,
+                            discovery_interval=longest)
+        await clock.wait_for(5)
+        alone = clock.gaps()[-4:]
+        assert alone[-1] > 3 * alone[0], alone  # 8x when doubling, 1x when fixed
+        # someone joins: the first discovery that sees them is followed by short gaps again
         async with meeting.peer("alice") as alice:
+            await clock.next_sample()  # every call counted from here on came after alice joined
+            joined = len(clock.times)
+            await clock.wait_for(joined + 2)
             await alice.connected.wait()
-            found = discoveries()
-            assert await count_reaches(found + 3) < 1.5
+        # times[joined] is the call that found alice or the one after: the next gap is 0.2 or 0.4 s
+        after = clock.gaps()[joined]
+        assert after < longest / 2, (alone, after)
+        sampler.cancel()
 
 
-async def _at_least(count: Callable[[], int], n: int) -> bool:
-    return count() >= n
+class _CallTimes:
+    """When a backend call count went up, sampled every POLL_INTERVAL_S (another process)."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+        self.times: list[float] = []
+        self._samples = 0
+        self._changed = asyncio.Condition()
+
+    async def run(self) -> None:
+        seen = self._count()
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            now, total = asyncio.get_running_loop().time(), self._count()
+            self.times.extend([now] * (total - seen))
+            seen = total
+            self._samples += 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def wait_for(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.times) >= n)
+
+    async def next_sample(self) -> None:
+        async with self._changed:
+            target = self._samples + 1
+            await self._changed.wait_for(lambda: self._samples >= target)
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in itertools.pairwise(self.times)]
