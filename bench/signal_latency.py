@@ -24,7 +24,7 @@ With --call rows ("agent calls"), the agent offers to 50 waiting peers instead: 
 arrive while it negotiates, which is where the negotiating-phase latency is measured at scale.
 
     python bench/signal_latency.py [--sessions 1 50] [--idle-seconds 10] [--agent-audio none]
-                                   [--peer-procs 1]
+                                   [--peer-procs 1] [--scenarios answers calls]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Row:
     connected: int
     latency_p50_ms: float | None
     latency_p99_ms: float | None
+    fetch_p50_ms: float | None  # the part of sig before delivery: insert -> fetched by a poll
     idle_found_p50_ms: float | None
     agent_offer_to_connected_p50_ms: float | None
     peer_offer_to_connected_p50_ms: float | None
@@ -175,6 +176,7 @@ async def scenario(
                     file=sys.stderr,
                 )
                 active = list(poller_stats.active_latencies)
+                fetched = list(poller_stats.active_fetch_latencies)
                 found_idle = list(poller_stats.idle_latencies)
                 stop.set()
         finally:
@@ -191,6 +193,7 @@ async def scenario(
         connected=len(peer_times),
         latency_p50_ms=pct(active, 0.50),
         latency_p99_ms=pct(active, 0.99),
+        fetch_p50_ms=pct(fetched, 0.50),
         idle_found_p50_ms=pct(found_idle, 0.50),
         agent_offer_to_connected_p50_ms=pct(agent_times, 0.50),
         peer_offer_to_connected_p50_ms=None if agent_calls else pct(peer_times, 0.50),
@@ -234,7 +237,8 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         print(
             f"{r.sessions:>8} {r.poller:<28} {r.connected:>5} {fmt(r.latency_p50_ms, 'ms'):>8} "
-            f"{fmt(r.latency_p99_ms, 'ms'):>8} {fmt(r.idle_found_p50_ms, 'ms'):>10} "
+            f"{fmt(r.latency_p99_ms, 'ms'):>8} {fmt(r.fetch_p50_ms, 'ms'):>9} "
+            f"{fmt(r.idle_found_p50_ms, 'ms'):>10} "
             f"{fmt(r.agent_offer_to_connected_p50_ms, 'ms'):>11} "
             f"{fmt(r.peer_offer_to_connected_p50_ms, 'ms'):>10} {r.idle_requests_per_s:>10.2f}"
         )
@@ -261,12 +265,22 @@ async def main(argv: list[str] | None = None) -> int:
         help="processes the remote peers of a burst are spread over (on a 2-core machine more "
         "than one takes CPU from the agent)",
     )
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=["answers", "calls"],
+        default=["answers", "calls"],
+        help="answers: the peers call the agent; calls: the agent calls the peers (bursts only)",
+    )
     args = parser.parse_args(argv)
     restrict_host_addresses(["127.0.0.1"])
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-signal-") as tmp:
-        plan = [(n, p, False) for n in args.sessions for p in ("adaptive", "fixed")]
-        plan += [(n, p, True) for n in args.sessions if n > 1 for p in ("adaptive", "fixed")]
+        plan = []
+        if "answers" in args.scenarios:
+            plan += [(n, p, False) for n in args.sessions for p in ("adaptive", "fixed")]
+        if "calls" in args.scenarios:
+            plan += [(n, p, True) for n in args.sessions if n > 1 for p in ("adaptive", "fixed")]
         for sessions, poller, agent_calls in plan:
             started = time.monotonic()
             rows.append(

@@ -92,6 +92,10 @@ class PollerStats:
     # "active" ones were fetched while polling fast (negotiating), the rest by an idle poll
     idle_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     active_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    # the part of the active latencies spent before delivery: insert -> fetched by a poll
+    active_fetch_latencies: deque[float] = field(
+        default_factory=lambda: deque(maxlen=LATENCY_SAMPLES)
+    )
 
 
 class SignalPoller:
@@ -243,8 +247,11 @@ class SignalPoller:
             self._set_cursor(max(page_ids) if full and page_ids else None)
             if not full:
                 break
+        now = time.time()
         for signal in sorted(batch.values(), key=send_order):
             self._in_flight[signal.id] = active
+            if active:
+                self.stats.active_fetch_latencies.append(max(0.0, now - signal.timestamp / 1000.0))
             self.sink.deliver(signal)
         if batch:
             self._last_activity = time.monotonic()
