@@ -1,11 +1,15 @@
 """Media pipeline costs of the recorder and the transcriber, in CPU time (fair on a shared machine).
 
     python bench/transcriber.py [--streams 4] [--seconds 20] [--json]
+        [--engine pocketsphinx|vosk|faster-whisper] [--model DIR] [--language en-US]
+        [--no-recorder]
 
-- Transcriber: N streams of synthesised speech (espeak-ng, looped to `--seconds`), fed as aiortc
-  delivers them (48 kHz stereo s16, 20 ms frames) through the real pipeline (resample, WebRTC VAD,
-  utterance cutting, pocketsphinx), interleaved frame by frame as concurrent calls would be.
-  Reports the real-time factor per stream (CPU seconds spent / seconds of audio).
+- Transcriber: N streams of synthesised speech (espeak-ng, looped to `--seconds`; English, or
+  Korean when `--language` is ko-*), fed as aiortc delivers them (48 kHz stereo s16, 20 ms frames)
+  through the real pipeline (resample, WebRTC VAD, utterance cutting, the engine: pocketsphinx by
+  default, vosk or faster-whisper with `--model`), interleaved frame by frame as concurrent calls
+  would be. Reports the real-time factor per stream (CPU seconds spent, in every thread of the
+  process, / seconds of audio) and the engine's load time.
 - Recorder: the CPU cost of writing one remote stream (Opus/Ogg audio + VP8/WebM video at 640x480
   30 fps, aiortc's default test-track size, and at 320x240 15 fps) with the real TrackWriter, and
   so how many such streams one core records in real time without falling behind (= dropping
@@ -33,21 +37,31 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.media.recording import TrackWriter
-from agent.media.speech import create_engine
+from agent.media.speech import ENGINES, SpeechEngineError, create_engine
 from agent.roles.transcriber import StreamTranscriber, TranscriberSettings
 
-TEXT = (
-    "hello everyone, thanks for joining the meeting. today we will look at the quarterly "
-    "numbers and then plan the next release."
-)
+TEXTS = {  # language -> (espeak-ng voice, text)
+    "en": (
+        "en-us",
+        "hello everyone, thanks for joining the meeting. today we will look at the quarterly "
+        "numbers and then plan the next release.",
+    ),
+    "ko": (
+        "ko",
+        # the same, in Korean
+        "여러분 안녕하세요, 회의에 참석해 주셔서 감사합니다. 오늘은 분기 실적을 살펴보고 "
+        "다음 출시를 계획하겠습니다.",
+    ),
+}
 
 
-def speech_frames(directory: Path, seconds: float) -> list[Any]:
+def speech_frames(directory: Path, seconds: float, language: str = "en-US") -> list[Any]:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise SystemExit("bench/transcriber.py needs espeak-ng (apt-get install espeak-ng)")
+    voice, text = TEXTS.get(language.split("-")[0].lower(), TEXTS["en"])
     wav = directory / "speech.wav"
-    subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(wav), TEXT], check=True)
+    subprocess.run([exe, "-v", voice, "-s", "150", "-w", str(wav), text], check=True)
     resampler = av.AudioResampler(format="s16", layout="stereo", rate=48_000, frame_size=960)
     with av.open(str(wav)) as c:
         pcm = np.concatenate(
@@ -73,34 +87,50 @@ def speech_frames(directory: Path, seconds: float) -> list[Any]:
     return frames
 
 
-def bench_transcriber(streams: int, seconds: float, directory: Path) -> dict[str, Any]:
-    frames = speech_frames(directory, seconds)
-    engine = create_engine("pocketsphinx")
-    settings = TranscriberSettings()
+def bench_transcriber(
+    streams: int,
+    seconds: float,
+    directory: Path,
+    engine_name: str = "pocketsphinx",
+    model: Path | None = None,
+    language: str = "en-US",
+) -> dict[str, Any]:
+    frames = speech_frames(directory, seconds, language)
+    started = time.perf_counter()
+    try:
+        engine = create_engine(engine_name, model, language)
+    except SpeechEngineError as exc:
+        raise SystemExit(str(exc)) from None
+    load = time.perf_counter() - started
+    settings = TranscriberSettings(language=language)
     pipes = [
         StreamTranscriber(engine.recognizer(), "m", f"speaker{i}", f"s{i}", settings, interim=False)
         for i in range(streams)
     ]
     cpu = [0.0] * streams
     chunks = [0] * streams
+    texts: list[str] = []  # the first stream's first utterances, to see what the engine makes
     t0 = 1_700_000_000.0
-    for n in range(0, len(frames), 10):  # 200 ms batches, as the role hands them over
+    for n in range(0, len(frames) + 10, 10):  # 200 ms batches, as the role hands them over
         batch = [(f, t0 + (n + k + 1) * 0.02) for k, f in enumerate(frames[n : n + 10])]
         for i, pipe in enumerate(pipes):
             started = time.process_time()
-            chunks[i] += len(pipe.push(batch))
+            out = pipe.push(batch) if batch else pipe.finish()
             cpu[i] += time.process_time() - started
-    for i, pipe in enumerate(pipes):
-        started = time.process_time()
-        chunks[i] += len(pipe.finish())
-        cpu[i] += time.process_time() - started
+            chunks[i] += len(out)
+            if i == 0:
+                texts += [c.text for c in out]
     audio = len(frames) * 0.02
     return {
         "engine": engine.name,
+        "model": str(model) if model else None,
+        "language": language,
+        "load_seconds": round(load, 2),
         "streams": streams,
         "audio_seconds_per_stream": round(audio, 1),
         "rtf_per_stream": [round(c / audio, 3) for c in cpu],
         "utterances_per_stream": chunks,
+        "texts": texts[:3],
         "streams_per_core": int(1 / (sum(cpu) / streams / audio)),
     }
 
@@ -155,12 +185,21 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--engine", choices=ENGINES, default="pocketsphinx")
+    parser.add_argument("--model", type=Path, help="the engine's model directory")
+    parser.add_argument("--language", default="en-US",
+                        help="the engine's language; ko-* also makes the speech Korean")
+    parser.add_argument("--no-recorder", action="store_true", help="only the transcriber")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        result = {
-            "transcriber": bench_transcriber(args.streams, args.seconds, directory),
-            "recorder": [
+        result: dict[str, Any] = {
+            "transcriber": bench_transcriber(
+                args.streams, args.seconds, directory, args.engine, args.model, args.language
+            ),
+            "recorder": []
+            if args.no_recorder
+            else [
                 bench_recorder(640, 480, 30, args.seconds, directory),
                 bench_recorder(320, 240, 15, args.seconds, directory),
             ],
@@ -170,9 +209,10 @@ def main() -> None:
         return
     t = result["transcriber"]
     print(
-        f"transcriber ({t['engine']}): {t['streams']} streams x "
-        f"{t['audio_seconds_per_stream']} s of speech"
+        f"transcriber ({t['engine']}, {t['language']}, loaded in {t['load_seconds']} s): "
+        f"{t['streams']} streams x {t['audio_seconds_per_stream']} s of speech"
     )
+    print(f"  first utterances: {t['texts']}")
     for i, rtf in enumerate(t["rtf_per_stream"]):
         print(
             f"  stream {i}: real-time factor {rtf:.3f}, {t['utterances_per_stream'][i]} utterances"

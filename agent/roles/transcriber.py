@@ -407,15 +407,42 @@ class Transcriber:
         )
         self.streams[session_id] = stream
         log.info("transcribing user %s, session %s (%s)", speaker, session_id, self.engine.name)
+        # Frames are stamped with their arrival time by a reader of their own, not when the
+        # engine is ready for them: an engine that falls behind for a moment (vosk expanding its
+        # graph, a Whisper decode at the end of an utterance) must not look like a gap in the
+        # stream, which would cut the utterance and shift the timestamps.
+        received: asyncio.Queue[tuple[Any, float] | None] = asyncio.Queue()
+
+        async def receive() -> None:
+            try:
+                async for frame in frames(track):
+                    received.put_nowait((frame, time.time()))
+            finally:
+                received.put_nowait(None)
+
+        reader = asyncio.create_task(receive(), name=f"transcriber-receive-{session_id}")
         batch: list[tuple[Any, float]] = []
+        ended = False
         try:
-            async for frame in frames(track):
-                batch.append((frame, time.time()))
-                if len(batch) >= 10:  # 200 ms of audio per worker-thread call
+            while not ended:
+                item = await received.get()
+                while item is not None:  # all that has arrived (more when catching up)
+                    batch.append(item)
+                    if received.empty():
+                        break
+                    item = received.get_nowait()
+                ended = item is None
+                if len(batch) >= 10 or ended:  # at least 200 ms of audio per worker-thread call
                     full, batch = batch, []
                     self._queue(await asyncio.to_thread(stream.push, full))
         finally:
-            # Also on cancellation (session closed, shutdown): the last utterance is kept.
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)  # owned: never left running
+            # Also on cancellation (session closed, shutdown): what has arrived and the last
+            # utterance are kept.
+            while not received.empty():
+                if (item := received.get_nowait()) is not None:
+                    batch.append(item)
             self._queue(stream.push(batch) + stream.finish())
 
     def _queue(self, chunks: list[Chunk]) -> None:

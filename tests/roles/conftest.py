@@ -47,22 +47,22 @@ class Speech:
     sentences: list[tuple[float, float]]  # (start, end) of each sentence in the file, seconds
 
 
-def _espeak(text: str, path: Path) -> np.ndarray:
+def _espeak(text: str, path: Path, voice: str = "en-us") -> np.ndarray:
     exe = shutil.which("espeak-ng")
     assert exe is not None, "espeak-ng is required (apt-get install espeak-ng)"
-    subprocess.run([exe, "-v", "en-us", "-s", "140", "-w", str(path), text], check=True)
+    subprocess.run([exe, "-v", voice, "-s", "140", "-w", str(path), text], check=True)
     with wave.open(str(path)) as w:
         assert w.getframerate() == SPEECH_RATE and w.getnchannels() == 1
         return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
 
 
 def synthesise(directory: Path, sentences: list[str], lead: float = 1.0,
-               pause: float = 1.5) -> Speech:
+               pause: float = 1.5, voice: str = "en-us") -> Speech:
     parts = [np.zeros(int(lead * SPEECH_RATE), dtype=np.int16)]
     spans = []
     t = lead
     for i, text in enumerate(sentences):
-        audio = _espeak(text, directory / f"part{i}.wav")
+        audio = _espeak(text, directory / f"part{i}.wav", voice)
         # trim espeak's own leading/trailing silence so the spans are exact
         loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 300)
         audio = audio[loud[0] : loud[-1] + 1]
@@ -84,6 +84,16 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
     return synthesise(
         tmp_path_factory.mktemp("speech"),
         ["hello world, this is the first sentence.", "and now the weather report for today."],
+    )
+
+
+@pytest.fixture(scope="session")
+def korean_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
+    # "we will start the meeting today", "the weather is really nice"
+    return synthesise(
+        tmp_path_factory.mktemp("korean"),
+        ["오늘 회의를 시작하겠습니다.", "날씨가 정말 좋습니다."],
+        voice="ko",
     )
 
 
