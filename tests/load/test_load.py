@@ -76,6 +76,10 @@ def test_load_connects_everyone(
     assert s["time_to_connected_s"]["p50"] is not None
     if media != "none":
         assert s["peak_packets_per_s"] > 0 and s["packet_loss_pct"] is not None
+    # event-loop lag: the probes behind each second's p99 are counted, for a whole-run p99
+    timeline = json.loads((tmp_path / "r" / "report.json").read_text())["timeline"]
+    assert sum(row["loop_lag_probes"] for row in timeline) > 0
+    assert s["loop_lag_slow_pct"] is not None and 0 <= s["loop_lag_slow_pct"] <= 100
     html = (tmp_path / "r" / "report.html").read_text()
     assert html.count("<svg") == 6 and "Time to connected" in html
     assert devserver.admin_key not in result.stdout + result.stderr + html
@@ -115,6 +119,12 @@ def test_shards_use_distinct_identities_and_merge(devserver, tmp_path: Path) -> 
     assert merged.returncode == 0, merged.stderr
     s = summary(tmp_path / "merged")
     assert s["participants"] == 4 and s["sessions_expected"] == s["sessions_connected"] == 4
+
+    def probes(report: str) -> int:
+        timeline = json.loads((tmp_path / report / "report.json").read_text())["timeline"]
+        return sum(row["loop_lag_probes"] for row in timeline)
+
+    assert probes("merged") == probes("0-2") + probes("1-2") > 0
     again = subprocess.run(
         [
             sys.executable,

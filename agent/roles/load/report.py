@@ -60,7 +60,15 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "packet_loss_pct": round(100 * lost / (received + lost), 3) if received + lost else None,
         "peak_packets_per_s": max((row["packets_per_s"] for row in timeline), default=0),
         "loop_lag_p99_ms_max": max((row["loop_lag_p99_ms"] for row in timeline), default=0),
+        "loop_lag_slow_pct": slow_lag_pct(timeline),
     }
+
+
+def slow_lag_pct(rows: list[dict[str, Any]]) -> float | None:
+    """Percentage of event-loop lag probes that were slow (>= 50 ms) over these rows."""
+    probes = sum(row.get("loop_lag_probes", 0) for row in rows)
+    slow = sum(row.get("loop_lag_slow", 0) for row in rows)
+    return round(100 * slow / probes, 3) if probes else None
 
 
 def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -76,6 +84,8 @@ def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any
             "rtp_per_s": 0.0,
             "rss_mb": 0.0,
             "loop_lag_p99_ms": 0.0,
+            "loop_lag_probes": 0,
+            "loop_lag_slow": 0,
         }
     )
     for timeline in timelines:
@@ -92,6 +102,8 @@ def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any
                 "packets_per_s",
                 "rtp_per_s",
                 "rss_mb",
+                "loop_lag_probes",
+                "loop_lag_slow",
             )
             for key in summed:
                 b[key] += row.get(key, 0)

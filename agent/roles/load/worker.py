@@ -32,6 +32,7 @@ from agent.signaling.models import ActiveSession
 
 SAMPLE_INTERVAL_S = 1.0
 LAG_PROBE_S = 0.05
+SLOW_LAG_S = 0.05  # a probe this late counts as slow: p99 < 50 ms <=> under 1 % of probes slow
 
 
 @dataclass
@@ -69,6 +70,10 @@ class Sample:
     rtp_per_s: float  # inbound RTP packets: 50/s per audio stream when nothing is lost
     rss_mb: float
     loop_lag_p99_ms: float
+    # the probes behind that p99, and how many were slow: summed over seconds and workers they
+    # give the p99 of a whole window (a per-second p99 of ~20 probes is their maximum)
+    loop_lag_probes: int = 0
+    loop_lag_slow: int = 0
     time_to_connected_s: list[float] = field(default_factory=list)  # new since the last sample
 
 
@@ -111,6 +116,7 @@ class LoadWorker:
         self._reported_ttc: set[int] = set()
         self._last_packets = 0
         self._last_rtp = 0
+        self._last_sample_at: float | None = None  # time.monotonic() of the previous sample
         self._preencoded: PreencodedAudio | None = None
         self._ramp_done = False
         self._frozen_at: tuple[int, int] | None = None  # (connected, failed) at the last freeze
@@ -231,6 +237,10 @@ class LoadWorker:
                 self._reported_ttc.add(id(s))
                 new_ttc.append(s.time_to_connected)
         lags, self._lags = self._lags, []
+        # a busy loop wakes the sampler late: rates over the real interval, not the nominal one
+        now = time.monotonic()
+        elapsed = SAMPLE_INTERVAL_S if self._last_sample_at is None else now - self._last_sample_at
+        self._last_sample_at = now
         sample = Sample(
             t=round(time.time() - t0, 3),
             started=len(self.running),
@@ -239,10 +249,12 @@ class LoadWorker:
             negotiating=sum(1 for s in states if s in (PeerState.NEW, PeerState.NEGOTIATING)),
             failed=sum(1 for r in self.running if r.error)
             + sum(1 for s in states if s is PeerState.FAILED),
-            packets_per_s=max(0, packets - self._last_packets) / SAMPLE_INTERVAL_S,
-            rtp_per_s=max(0, rtp - self._last_rtp) / SAMPLE_INTERVAL_S,
+            packets_per_s=max(0, packets - self._last_packets) / elapsed,
+            rtp_per_s=max(0, rtp - self._last_rtp) / elapsed,
             rss_mb=_rss_mb(),
             loop_lag_p99_ms=1000 * percentile(lags, 0.99) if lags else 0.0,
+            loop_lag_probes=len(lags),
+            loop_lag_slow=sum(1 for lag in lags if lag >= SLOW_LAG_S),
             time_to_connected_s=new_ttc,
         )
         self._last_packets = packets
