@@ -1,10 +1,14 @@
 """How many participants one core holds with audio both ways, per media mode, in one run.
 
 A participant "is held" while at least 95 % of the RTP packets it should receive arrive and the
-event loop's lag p99 stays under 50 ms, measured over a hold that starts once every connection is
+event loop's lag p99 stays under 50 ms (under 1 % of the lag probes, one every 50 ms, are 50 ms
+late or more), measured over a hold that starts once every connection is
 up (connecting costs far more than holding). Participants are paired (meetings of two, so each
-sends one audio stream and receives one) and all run in ONE worker process, i.e. on one core; the
-dev backend runs in another process. The participant count climbs a ladder until a step fails.
+sends one audio stream and receives one) and all run in ONE worker process pinned to ONE core
+(CPU 0, with every thread it starts: aiortc encodes and decodes in threads, which without the pin
+spread `full` over 1.3 cores); the dev backend and the load command's parent process (progress,
+live table) are pinned to the other cores. The participant
+count climbs a ladder until a step fails.
 
 Modes, measured side by side:
 - preencoded: the agent, Opus encoded once for everyone, RTP counted without decoding;
@@ -23,9 +27,11 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +44,62 @@ from agent.devserver.process import DevServerProcess  # noqa: E402
 PACKETS_PER_S = 50  # 20 ms Opus frames
 MIN_ARRIVAL = 0.95
 MAX_LAG_MS = 50.0
+SLOW_LAG_SHARE = 0.01  # lag p99 < MAX_LAG_MS <=> under 1 % of the probes are that late
 RAMP_PER_S = 20.0
 SETTLE_S = 3.0
+MEASURED_CPU = 0  # the one core a step runs on; the backend gets the others
+
+
+def _pin_to_measured_core() -> None:
+    if _can_pin():
+        os.sched_setaffinity(0, {MEASURED_CPU})
+
+
+class _WorkerPinning:
+    """Keeps every thread of the load command's worker process on the measured core.
+
+    Only the worker: the command's parent (progress bar, live table) stays off that core, as the
+    backend does. Affinity is per thread, so threads are pinned as they appear.
+    """
+
+    def __init__(self, command_pid: int) -> None:
+        self._command_pid = command_pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if _can_pin():
+            self._thread.start()
+
+    def _run(self) -> None:
+        others = os.sched_getaffinity(0) - {MEASURED_CPU}
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(self._command_pid, others)
+        while not self._stop.wait(0.2):
+            for pid in _children(self._command_pid):
+                for tid in _threads(pid):
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(tid, {MEASURED_CPU})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(c) for c in text.split()]
+    return []
+
+
+def _threads(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    return []
+
+
+def _can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
 def run_agent_step(
@@ -78,9 +138,12 @@ def run_agent_step(
         "--report",
         str(report_dir),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        return {"ok": False, "error": done.stderr.strip().splitlines()[-1:]}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        pinning = _WorkerPinning(run.pid)
+        stderr = run.communicate(timeout=600)[1]
+        pinning.stop()
+    if run.returncode != 0:
+        return {"ok": False, "error": stderr.strip().splitlines()[-1:]}
     report = json.loads((report_dir / "report.json").read_text())
     expected = report["summary"]["sessions_expected"]
     timeline = report["timeline"]
@@ -94,17 +157,23 @@ def run_agent_step(
     received = sum(r["rtp_per_s"] for r in hold_rows)
     should = PACKETS_PER_S * sum(r["connected"] for r in hold_rows)
     arrival = received / should if should else 0.0
-    lag = max((r["loop_lag_p99_ms"] for r in hold_rows), default=float("inf"))
+    # p99 over every lag probe of the hold (as for the aiortc pairs), not the worst second's
+    probes = sum(r.get("loop_lag_probes", 0) for r in hold_rows)
+    slow = sum(r.get("loop_lag_slow", 0) for r in hold_rows)
+    lag_ok = probes > 0 and slow < SLOW_LAG_SHARE * probes
     rss = [r["rss_mb"] for r in timeline]
     return {
         "ok": len(hold_rows) >= hold - 1
         and connected == expected
         and (media == "none" or arrival >= MIN_ARRIVAL)
-        and lag < MAX_LAG_MS,
+        and lag_ok,
         "all_connected_at_s": all_in,
         "connected": f"{connected}/{expected}",
         "arrival": round(arrival, 3),
-        "lag_p99_ms": round(lag, 1),
+        "lag_slow_pct": round(100 * slow / probes, 2) if probes else None,
+        "worst_second_lag_p99_ms": round(
+            max((r["loop_lag_p99_ms"] for r in hold_rows), default=float("inf")), 1
+        ),
         "rss_first_mb": round(rss[0], 1) if rss else None,
         "rss_hold_mb": round(max(r["rss_mb"] for r in hold_rows), 1) if hold_rows else None,
         "sessions": connected,
@@ -119,6 +188,8 @@ def _aiortc_pairs(participants: int, hold: float, out: Any) -> None:
 
     from agent.media.sources import tone_track
     from agent.peer.ice import restrict_host_addresses
+
+    _pin_to_measured_core()  # before aiortc starts its encoder and decoder threads
 
     async def main() -> dict[str, Any]:
         from aiortc import RTCConfiguration, RTCPeerConnection
@@ -175,16 +246,19 @@ def _aiortc_pairs(participants: int, hold: float, out: Any) -> None:
         frames = counts[0] - start_count
         elapsed = time.monotonic() - start
         connected = sum(1 for pc in pcs if pc.connectionState == "connected")
-        lag = sorted(lags)[int(0.99 * (len(lags) - 1))] * 1000 if lags else float("inf")
+        slow = sum(1 for lag in lags if lag * 1000 >= MAX_LAG_MS)
         prober.cancel()
         for pc in pcs:
             await pc.close()
         arrival = frames / (PACKETS_PER_S * participants * elapsed)
         return {
-            "ok": connected == participants and arrival >= MIN_ARRIVAL and lag < MAX_LAG_MS,
+            "ok": connected == participants
+            and arrival >= MIN_ARRIVAL
+            and bool(lags)
+            and slow < SLOW_LAG_SHARE * len(lags),
             "connected": f"{connected}/{participants}",
             "arrival": round(arrival, 3),
-            "lag_p99_ms": round(lag, 1),
+            "lag_slow_pct": round(100 * slow / len(lags), 2) if lags else None,
         }
 
     out.put(uvloop.run(main()))
@@ -219,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="bench-capacity-") as tmp,
         DevServerProcess(Path(tmp) / "db.sqlite") as server,
     ):
+        if _can_pin():
+            others = os.sched_getaffinity(0) - {MEASURED_CPU}
+            assert server.pid is not None
+            os.sched_setaffinity(server.pid, others)
+        else:
+            print("# fewer than 2 CPUs: steps are not pinned (per process)", file=sys.stderr)
         for mode in args.modes:
             capacity[mode] = 0
             for participants in args.ladder:
