@@ -78,7 +78,11 @@ async def _build(
         from agent.roles.transcriber import Transcriber, TranscriberSettings
 
         try:
-            engine = create_engine(settings.stt_engine, settings.stt_model, settings.language)
+            # Loading a model takes seconds (vosk's Korean model: 2.5 s): off the event loop, so
+            # that signal handlers (SIGINT during start-up) still run.
+            engine = await asyncio.to_thread(
+                create_engine, settings.stt_engine, settings.stt_model, settings.language
+            )
         except SpeechEngineError as exc:
             raise ConfigError(f"config: {exc}") from None
         # The poster decides which failures are safe to retry: no automatic retries there.
