@@ -230,7 +230,8 @@ def fmt(value: float | None, unit: str = "") -> str:
 def print_table(rows: list[Row]) -> None:
     header = (
         f"{'sessions':>8} {'poller':<28} {'conn':>5} {'sig p50':>8} {'sig p99':>8} "
-        f"{'idle-found':>10} {'agent o->c':>11} {'peer o->c':>10} {'idle req/s':>10}"
+        f"{'fetch p50':>9} {'idle-found':>10} {'agent o->c':>11} {'peer o->c':>10} "
+        f"{'idle req/s':>10}"
     )
     print(header)
     print("-" * len(header))
