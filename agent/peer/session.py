@@ -67,6 +67,9 @@ class LocalIdentity:
 
 # Reading a closing connection's last statistics may take at most this long.
 FINAL_STATS_TIMEOUT_S = 0.5
+# A close waits this long for the command in progress (a request held by a slow backend, an
+# offer waiting for the negotiation gate) to finish, then interrupts it.
+CLOSE_GRACE_S = 1.0
 
 
 @dataclass
@@ -161,6 +164,8 @@ class PeerSession:
         self._state_event = asyncio.Event()  # set and replaced on every state change
         self._inbox: asyncio.Queue[_Command] = asyncio.Queue()
         self._tasks: asyncio.TaskGroup | None = None
+        self._run_task: asyncio.Task[Any] | None = None  # the task running `run`, once started
+        self._shutting_down = False  # past this point `run` must not be interrupted
         self._track_tasks: set[asyncio.Task[None]] = set()
         self._pending_candidates: list[IceCandidate] = []
         self._seen_candidates: set[tuple[str, str | None, int | None]] = set()
@@ -193,7 +198,15 @@ class PeerSession:
         if self._tasks is None:  # never started
             await self._shutdown(reason)
             return
-        await self.closed.wait()
+        try:
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                await self.closed.wait()
+        except TimeoutError:
+            log.info("%s: closing interrupts the command in progress", self)
+            self.close_reason = self.close_reason or reason
+            if self._run_task is not None and not self._shutting_down:
+                self._run_task.cancel()  # `run` still shuts the connection down
+            await self.closed.wait()
 
     async def wait_state(self, *states: PeerState) -> None:
         """Return once the session is in one of `states` (wrap in asyncio.timeout)."""
@@ -206,6 +219,7 @@ class PeerSession:
 
     async def run(self) -> None:
         """The session's life: process commands and watch liveness until closed."""
+        self._run_task = asyncio.current_task()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -567,6 +581,7 @@ class PeerSession:
     async def _shutdown(self, reason: str) -> None:
         if self.closed.is_set():
             return
+        self._shutting_down = True
         self.close_reason = self.close_reason or reason
         pc, self.pc = self.pc, None
         if pc is not None:

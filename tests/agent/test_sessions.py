@@ -11,7 +11,7 @@ import pytest
 from agent.peer.session import PeerState
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
-from tests.support.waiting import POLL_INTERVAL_S
+from tests.support.waiting import POLL_INTERVAL_S, poll_until
 
 
 async def test_renegotiation_remote_adds_video(meeting: Meeting, agent_factory) -> None:
@@ -138,6 +138,41 @@ async def test_cancelled_agent_still_leaves(meeting: Meeting, agent_factory) -> 
         active = await alice.call("meetings/webrtc/signaling/getActiveSessions",
                                   meetingId=meeting.id)
         assert all(s["userId"] != meeting.users["bot"] for s in active)
+        people = await alice.call("meetings/queries/listMeetingParticipants",
+                                  meetingId=meeting.id)
+        assert next(p for p in people if p["userId"] == meeting.users["bot"])["presence"] == "left"
+
+
+async def test_a_request_held_by_the_backend_does_not_hold_up_leaving(meeting: Meeting,
+                                                                    agent_factory) -> None:
+    """Stopping while the agent's answer is held 8 s by a slow backend: the session's close
+    interrupts that request after a grace second, so the agent still reports, closes its session
+    and leaves within its 4 s shutdown budget (before, it gave up leaving)."""
+    server = meeting.server
+    send_signal = "meetings/webrtc/signaling/exchangeSessionDescription"
+
+    async def answer_held(before: int) -> bool:
+        return int(server.stats()["functions"].get(send_signal, 0)) > before
+
+    agent = await agent_factory(meeting)
+    loop = asyncio.get_running_loop()
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])  # one request, candidates in the offer
+        before = int(server.stats()["functions"].get(send_signal, 0))
+        server.set_faults(latency_ms=8000, functions=[send_signal])
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await poll_until(lambda: answer_held(before))
+            session = agent.session(alice.session_id)
+            started = loop.time()
+            agent.stop.set()
+            async with asyncio.timeout(TIMEOUT):
+                await agent.task
+            took = loop.time() - started
+        finally:
+            server.clear_faults()
+        assert session.state == "closed" and session.pc is None
+        assert took < 4.0, took
         people = await alice.call("meetings/queries/listMeetingParticipants",
                                   meetingId=meeting.id)
         assert next(p for p in people if p["userId"] == meeting.users["bot"])["presence"] == "left"
