@@ -2,11 +2,15 @@
 backend's faults, driven over stdin/stdout JSON lines. Keeps the peers' aiortc work off the
 agent's and the test's event loops.
 
-stdin: one spec line {url, meeting, target, peers: [{token, user_id}], trickle, timeout}; then
-commands, one JSON object per line:
+stdin: one spec line {url, meeting, target, peers: [{token, user_id}], trickle, timeout, light};
+then commands, one JSON object per line:
   {"cmd": "offer", "peers": [i, ...]}  offer to the target; one {"offered": i, "connected": bool,
                                        "seconds": s} line per peer, then {"offer_done": true}
-  {"cmd": "frames"}                    {"frames": [audio frames received, per peer]}
+  {"cmd": "frames"}                    {"frames": [audio frames received, per peer]} (light:
+                                       RTP packets received)
+light: the peers send one pre-encoded tone and count received RTP without decoding, so that a
+hundred of them fit beside the agent on two cores (a hundred Opus encoders and decoders did not:
+the peers' media stalled for seconds and the agent restarted ICE on half of the sessions).
   {"cmd": "states"}                    {"states": [connection state per peer]}
 EOF: every peer closes its session and the process exits.
 """
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx
 
+from agent.media.preencoded import PreencodedAudio
 from agent.peer.ice import restrict_host_addresses
 from tests.support.peers import ApiError, RemotePeer
 
@@ -69,6 +74,8 @@ async def main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = json.loads(await reader.readline())
     restrict_host_addresses(["127.0.0.1"])
+    light = bool(spec.get("light", False))
+    tone = PreencodedAudio("tone") if light else None
     peers = [
         RetryingPeer(
             spec["url"],
@@ -79,6 +86,8 @@ async def main() -> None:
             video=False,
             poll_interval=0.05,
             idle_poll_interval=spec.get("idle_poll_interval", 1.0),
+            audio_track=tone.track if tone is not None else None,
+            decode=not light,
         )
         for p in spec["peers"]
     ]
@@ -118,7 +127,10 @@ async def main() -> None:
                 running.add(task)
                 task.add_done_callback(running.discard)
             elif command["cmd"] == "frames":
-                emit({"frames": [p.received.audio_frames for p in peers]})
+                if light:
+                    emit({"frames": [await p.rtp_received() for p in peers]})
+                else:
+                    emit({"frames": [p.received.audio_frames for p in peers]})
             elif command["cmd"] == "states":
                 emit({"states": [p.pc.connectionState if p.pc else "none" for p in peers]})
         for task in running:

@@ -57,7 +57,7 @@ async def test_hundred_sessions_under_faults(
     await send_stale_backlog(server.url, server.token("ghost"), meeting, bot_user, STALE)
 
     spec = {"url": server.url, "meeting": meeting, "target": bot_user, "peers": peers,
-            "trickle": True, "timeout": 90, "request_timeout": 3.0}  # fmt: skip
+            "trickle": True, "timeout": 90, "request_timeout": 3.0, "light": True}  # fmt: skip
     state_dir = tmp_path / "state"
     async with PeersProcess.start(spec) as remote:
         server.set_faults(**FAULTS_A)

@@ -76,6 +76,7 @@ class RemotePeer:
         self.audio_track = audio_track
         # False: received media is only counted by the connection (getStats), never decoded
         self.decode = decode
+        self._rtp_of_closed = 0  # RTP received by connections already replaced or closed
         # Drop this many answers, and the connection that offered: as a peer whose offer was
         # answered twice (by an agent that crashed before acknowledging it, then again)
         self.ignore_answers = ignore_answers
@@ -320,6 +321,11 @@ class RemotePeer:
             self._track_tasks.add(task)
             task.add_done_callback(self._track_tasks.discard)
 
+    async def rtp_received(self) -> int:
+        """RTP packets received so far, over every connection (counted without decoding)."""
+        current = 0 if self.pc is None else await _inbound_rtp(self.pc)
+        return self._rtp_of_closed + current
+
     async def _count(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
@@ -334,6 +340,8 @@ class RemotePeer:
     async def _close_pc(self) -> None:
         pc, self.pc = self.pc, None
         if pc is not None:
+            with contextlib.suppress(Exception):
+                self._rtp_of_closed += await _inbound_rtp(pc)
             await pc.close()
         for player in self.players:  # ends the player's decoding thread
             if player.audio is not None:
@@ -375,3 +383,8 @@ def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
 
 def ufrags(sdp: str) -> list[str]:
     return re.findall(r"^a=ice-ufrag:(\S+)", sdp, re.MULTILINE)
+
+
+async def _inbound_rtp(pc: RTCPeerConnection) -> int:
+    reports = (await pc.getStats()).values()
+    return sum(r.packetsReceived for r in reports if getattr(r, "type", "") == "inbound-rtp")
