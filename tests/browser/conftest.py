@@ -28,6 +28,7 @@ from tests.support.chromium import CHROMIUM, chromium_flags
 __all__ = ["agent_factory", "loopback_only", "meeting"]
 
 WAIT_S = 20.0
+PAGE_CLOSE_S = 10.0
 
 
 class Page:
@@ -112,8 +113,10 @@ class Browser:
 
         try:
             self._executor.submit(stop).result(timeout=30)
-        finally:
             self._executor.shutdown(wait=True)
+        finally:
+            # after a timeout the thread may still be stuck in Chromium: never wait on it
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._profile.cleanup()
 
 
@@ -149,11 +152,18 @@ async def pages() -> AsyncIterator[list[Page]]:
     """Pages a test opened; closed at teardown."""
     opened: list[Page] = []
     yield opened
+    stuck = 0
     for page in opened:
         try:
-            await page.close()
+            # bounded: a page that never closes fails here in seconds, not at pytest's timeout
+            async with asyncio.timeout(PAGE_CLOSE_S):
+                await page.close()
+        except TimeoutError:
+            stuck += 1
         except Exception:  # the browser may be gone already
             pass
+    if stuck:
+        pytest.fail(f"{stuck} page(s) did not close within {PAGE_CLOSE_S} s")
 
 
 def join_url(meeting: Meeting, name: str, **params: Any) -> str:
