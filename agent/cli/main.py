@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 
 import click
@@ -32,6 +34,9 @@ def _register_subcommands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage and config errors become one line on stderr, never a traceback."""
     _register_subcommands()
+    if hasattr(signal, "SIGUSR1"):
+        # `kill -USR1 <pid>`: every thread's stack on stderr, for a process that seems stuck
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         rv = cli.main(args=argv, prog_name="connvo-agent", standalone_mode=False)
     except click.exceptions.Abort:

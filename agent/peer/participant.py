@@ -161,7 +161,13 @@ class Participant:
                 {manager_task, poller_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
             )
             # Sessions close before the poller stops, so their last signals are acknowledged.
-            await self.manager.close_all("agent leaving")
+            # Bounded: leaving (below, in _leave) must still have time to report and leave.
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout / 2):
+                    await self.manager.close_all("agent leaving")
+            except TimeoutError:
+                open_ = [s for s in self.manager.sessions.values() if not s.closed.is_set()]
+                log.warning("%d session(s) still closing when the agent left", len(open_))
             for task in (manager_task, poller_task, stop_task):
                 task.cancel()
         if self._gone is not None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -51,6 +52,14 @@ async def start_agent_process(
 
 
 async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        # Still running when the test gave up on it: its stacks go to its stderr file first
+        # (connvo-agent's SIGUSR1 handler), so a hang can be diagnosed from the test's output.
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await proc.wait()
     if proc.returncode is None:
         proc.kill()
         await proc.wait()

@@ -86,8 +86,13 @@ async def test_hundred_sessions_under_faults(
             # (an answer to an ICE restart, a retried candidate) while the agent is leaving.
             before_stop = set(backend_signals_to(server, bot_user))
             agent.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                assert await agent.wait() == 0
+            try:
+                async with asyncio.timeout(15):
+                    assert await agent.wait() == 0
+            except TimeoutError:
+                await stop_process(agent)  # dumps its stacks to its stderr first
+                tail = (tmp_path / "agent.stderr").read_text().splitlines()[-80:]
+                raise AssertionError("no exit 15 s after SIGTERM:\n" + "\n".join(tail)) from None
         finally:
             await stop_process(agent)
 
