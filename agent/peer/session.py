@@ -518,12 +518,18 @@ class PeerSession:
                     and now - self._answered_at >= self.settings.ice_restart_after
                     and self._restarts_in_row < self.settings.max_ice_restarts
                 ):
-                    # Our answer went out and nothing connected: it was lost, or ignored by a
-                    # peer that already took an answer to this offer (from this agent before a
-                    # crash, unacknowledged). Offer afresh, as for an ICE restart.
                     self._answered_at = None
-                    self._restarts_in_row += 1
-                    self.request_offer("answer not taken", restart=True)
+                    if self.pc is not None and _transport_up(self.pc):
+                        # The connection is up although its state event never reached us
+                        # (seen once with Chromium): adopt it, never tear a working one down.
+                        log.info("%s: connected (found by the watchdog)", self)
+                        self._on_connection_state("connected")
+                    else:
+                        # Our answer went out and nothing connected: it was lost, or ignored
+                        # by a peer that already took an answer to this offer (from this agent
+                        # before a crash, unacknowledged). Offer afresh, as for an ICE restart.
+                        self._restarts_in_row += 1
+                        self.request_offer("answer not taken", restart=True)
             elif self.state is PeerState.CONNECTED:
                 await self._check_liveness(now)
             elif self.state is PeerState.DISCONNECTED:
@@ -600,6 +606,14 @@ class PeerSession:
             if isinstance(command, Signal):
                 self.hooks.handled(command, "ignored")
         self.closed.set()
+
+
+def _transport_up(pc: RTCPeerConnection) -> bool:
+    """DTLS is connected on every transceiver's transport (so SRTP media can flow)."""
+    transceivers = pc.getTransceivers()
+    return bool(transceivers) and all(
+        t.receiver.transport.state == "connected" for t in transceivers
+    )
 
 
 def _kind(signal: Signal) -> str:

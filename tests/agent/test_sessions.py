@@ -59,6 +59,24 @@ async def test_an_answer_not_taken_is_followed_by_an_offer(meeting: Meeting, age
     applied_once(agent)
 
 
+async def test_a_connection_whose_state_event_is_lost_is_adopted(meeting: Meeting,
+                                                                  agent_factory) -> None:
+    """The connection comes up but its connectionstatechange never reaches the session (seen once
+    with Chromium; injected here by removing the listener): the watchdog finds DTLS connected and
+    adopts it, instead of taking the answer as lost and tearing a working connection down."""
+    agent = await agent_factory(meeting, ice_restart_after=1.0)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        async with asyncio.timeout(TIMEOUT):
+            session = await agent.manager.wait_session(alice.session_id)
+            await session.wait_state(PeerState.NEGOTIATING)  # its connection exists, unanswered
+            session.pc.remove_all_listeners("connectionstatechange")
+            await alice.connected.wait()
+            await session.wait_state(PeerState.CONNECTED)
+        assert session.stats.replaced_connections == 0 and alice.offers_received == 0
+        await media_both_ways(agent, alice)
+
+
 async def test_agent_restarts_ice_when_media_stops(meeting: Meeting, agent_factory) -> None:
     """The remote's connection dies silently: the agent notices the silence and restarts ICE."""
     agent = await agent_factory(meeting, media_timeout=1.0, ice_restart_after=0.5)
