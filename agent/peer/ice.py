@@ -150,6 +150,36 @@ def is_ice_restart(previous_sdp: str, offer_sdp: str) -> bool:
     return any(old != new for old, new in zip(before, after, strict=False))
 
 
+_EXTMAP = re.compile(r"^a=extmap:(?P<id>\d+)(?P<direction>/\S+)? (?P<uri>\S+)(?P<rest>.*)$")
+_MAX_ONE_BYTE_EXTENSION_ID = 14
+
+
+def keep_extension_ids(offer_sdp: str, negotiated_sdp: str) -> str:
+    """The offer with the RTP header-extension ids the remote negotiated before.
+
+    aiortc numbers its extensions the same way in every offer (audio level 2, mid 1, ...). After a
+    remote that offered first (Chromium: audio level 1) has negotiated its own ids, an offer from
+    us with other ids is refused ("RTP extension ID reassignment not supported"), also on a fresh
+    connection (ICE restart). URIs the remote knows keep its id; others get ids it does not use.
+    """
+    known: dict[str, int] = {}
+    for line in negotiated_sdp.splitlines():
+        if match := _EXTMAP.match(line):
+            known.setdefault(match["uri"], int(match["id"]))
+    if not known:
+        return offer_sdp
+    free = (i for i in range(1, _MAX_ONE_BYTE_EXTENSION_ID + 1) if i not in known.values())
+    out = []
+    for line in offer_sdp.splitlines():
+        if match := _EXTMAP.match(line):
+            uri = match["uri"]
+            if uri not in known:
+                known[uri] = next(free, int(match["id"]))
+            line = f"a=extmap:{known[uri]}{match['direction'] or ''} {uri}{match['rest']}"
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
 def to_rtc_ice_servers(servers: Sequence[IceServer]) -> list[RTCIceServer]:
     return [
         RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in servers

@@ -38,6 +38,7 @@ from agent.peer.ice import (
     CandidateError,
     ice_ufrags,
     is_ice_restart,
+    keep_extension_ids,
     limit_gathering_time,
     parse_candidate,
     sanitize_sdp,
@@ -170,6 +171,8 @@ class PeerSession:
         self._pending_candidates: list[IceCandidate] = []
         self._seen_candidates: set[tuple[str, str | None, int | None]] = set()
         self._last_remote_offer: str | None = None
+        # the remote's last description: its header-extension ids outlive our connections
+        self._negotiated_sdp: str | None = None
         self._last_sdp_timestamp = -1.0
         self._pranswer_ufrags: tuple[str, ...] | None = None
         self._last_rx = -1
@@ -303,6 +306,7 @@ class PeerSession:
             if pc is not self.pc:
                 return "ignored"  # replaced while waiting (a newer offer, a restart)
             await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(offer.sdp), "offer"))
+            self._negotiated_sdp = offer.sdp
             self._attach_local_tracks(pc, add_missing=False)
             await self._flush_candidates()
             answer = await pc.createAnswer()
@@ -326,6 +330,7 @@ class PeerSession:
                 return "applied"
             return "ignored"  # duplicate or stale answer
         await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(answer.sdp), answer.type))
+        self._negotiated_sdp = answer.sdp
         self._pranswer_ufrags = ice_ufrags(answer.sdp) if answer.type == "pranswer" else None
         await self._flush_candidates()
         return "applied"
@@ -396,6 +401,10 @@ class PeerSession:
                 if pc is not self.pc or pc.signalingState != "stable":
                     return
                 offer = await pc.createOffer()
+                if self._negotiated_sdp is not None:
+                    offer = RTCSessionDescription(
+                        keep_extension_ids(offer.sdp, self._negotiated_sdp), "offer"
+                    )
                 await pc.setLocalDescription(offer)
             await self._send_description("offer", pc.localDescription.sdp)
         except Exception as exc:

@@ -96,6 +96,34 @@ async def test_offer_answer_both_directions(
     assert peer["connectionState"] == "connected"
 
 
+async def test_agent_restarts_ice_after_chromium_offered(
+    chromium: Browser, pages: list[Page], meeting: Meeting, agent_factory: Any
+) -> None:
+    """Chromium offered first, so its header-extension ids were negotiated (audio level 1, where
+    aiortc numbers mid 1). The agent's ICE restart offers from a fresh connection: Chromium must
+    accept it ("RTP extension ID reassignment not supported" otherwise) and media flows again."""
+    agent = await agent_factory(meeting, "bot")
+    page, page_session = await open_page(chromium, pages, meeting, "alice")
+    session = await connected(agent, page_session, page)
+    await media_both_ways(agent, page, page_session)
+    agent_session = agent.participant.local.session_id
+    before = await page.evaluate(f"connvo.inbound('audio', '{agent_session}')")
+    session.connected.clear()
+    session.request_offer("test: ice restart", restart=True)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            await session.connected.wait()
+    except TimeoutError:
+        log = await page.evaluate("connvo.state.log.slice(-20).join('\\n')")
+        raise AssertionError(f"no reconnection after the restart; page log:\n{log}") from None
+    await page.wait_for(f"connvo.inbound('audio', '{agent_session}') > {before}")
+    assert session.stats.replaced_connections == 1
+    peer = (await page.summary())["peers"][agent_session]
+    assert peer["received"]["offers"] == 1 and peer["connectionState"] == "connected", peer
+    log = await page.evaluate("connvo.state.log.join('\\n')")
+    assert "signal failed" not in log, log
+
+
 async def backend_until(check: Any) -> Any:
     """Poll the dev backend's database until `check()` is truthy (another process writes it)."""
     async with asyncio.timeout(TIMEOUT_S):
