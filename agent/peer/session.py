@@ -68,8 +68,8 @@ class LocalIdentity:
 
 # Reading a closing connection's last statistics may take at most this long.
 FINAL_STATS_TIMEOUT_S = 0.5
-# A close waits this long for the command in progress (a request held by a slow backend, an
-# offer waiting for the negotiation gate) to finish, then interrupts it.
+# A close waits this long for the command in progress to finish, then abandons the offer or
+# answer the session may be sending (a request held by a slow backend).
 CLOSE_GRACE_S = 1.0
 
 
@@ -165,8 +165,7 @@ class PeerSession:
         self._state_event = asyncio.Event()  # set and replaced on every state change
         self._inbox: asyncio.Queue[_Command] = asyncio.Queue()
         self._tasks: asyncio.TaskGroup | None = None
-        self._run_task: asyncio.Task[Any] | None = None  # the task running `run`, once started
-        self._shutting_down = False  # past this point `run` must not be interrupted
+        self._request: asyncio.Task[Any] | None = None  # an offer or answer being sent
         self._track_tasks: set[asyncio.Task[None]] = set()
         self._pending_candidates: list[IceCandidate] = []
         self._seen_candidates: set[tuple[str, str | None, int | None]] = set()
@@ -205,10 +204,9 @@ class PeerSession:
             async with asyncio.timeout(CLOSE_GRACE_S):
                 await self.closed.wait()
         except TimeoutError:
-            log.info("%s: closing interrupts the command in progress", self)
-            self.close_reason = self.close_reason or reason
-            if self._run_task is not None and not self._shutting_down:
-                self._run_task.cancel()  # `run` still shuts the connection down
+            if self._request is not None:
+                log.info("%s: closing abandons a request the backend holds", self)
+                self._request.cancel()
             await self.closed.wait()
 
     async def wait_state(self, *states: PeerState) -> None:
@@ -222,7 +220,6 @@ class PeerSession:
 
     async def run(self) -> None:
         """The session's life: process commands and watch liveness until closed."""
-        self._run_task = asyncio.current_task()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -411,16 +408,32 @@ class PeerSession:
             log.warning("%s: could not make an offer (%s): %s", self, command.reason, exc)
 
     async def _send_description(self, kind: str, sdp: str) -> None:
-        try:
-            await self.api.send_description(
+        # A task of its own, so that close() can abandon a request the backend holds without
+        # interrupting anything inside aiortc; awaited here, cancelled if this task is.
+        request = asyncio.create_task(
+            self.api.send_description(
                 self.local.meeting_id,
                 self.local.session_id,
                 SessionDescription(type=kind, sdp=sdp),  # type: ignore[arg-type]
                 target_user_id=self.remote_user_id,
-            )
-        except ConvexError as exc:
+            ),
+            name=f"send-{kind}-{self.remote_session_id}",
+        )
+        self._request = request
+        try:
+            await asyncio.wait({request})
+        finally:
+            self._request = None
+            request.cancel()  # a no-op once done
+        if request.cancelled():
+            log.info("%s: sending the %s was abandoned by closing", self, kind)
+            return
+        exc = request.exception()
+        if isinstance(exc, ConvexError):
             # The watchdog restarts or times out the negotiation; nothing else to do here.
             log.warning("%s: sending the %s failed: %s", self, kind, exc)
+        elif exc is not None:
+            raise exc
         self.hooks.kick()
 
     def _begin_negotiation(self) -> None:
@@ -596,7 +609,6 @@ class PeerSession:
     async def _shutdown(self, reason: str) -> None:
         if self.closed.is_set():
             return
-        self._shutting_down = True
         self.close_reason = self.close_reason or reason
         pc, self.pc = self.pc, None
         if pc is not None:

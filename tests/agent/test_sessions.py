@@ -231,24 +231,25 @@ async def test_discovery_backs_off_while_nothing_changes(meeting: Meeting, agent
     server = meeting.server
     name = "meetings/webrtc/signaling/getActiveSessions"
     clock = _CallTimes(lambda: int(server.stats()["functions"].get(name, 0)))
-    first, longest = 0.2, 1.6
+    first, longest = 0.3, 2.4
     async with asyncio.timeout(TIMEOUT), asyncio.TaskGroup() as tasks:
         sampler = tasks.create_task(clock.run())
-        # alone: gaps of 0.2, 0.4, 0.8, then 1.6 s
+        # alone: gaps of 0.3, 0.6, 1.2, then 2.4 s
         await agent_factory(meeting, call_everyone=True, discovery_first_interval=first,
                             discovery_interval=longest)
         await clock.wait_for(5)
         alone = clock.gaps()[-4:]
-        assert alone[-1] > 3 * alone[0], alone  # 8x when doubling, 1x when fixed
+        # 8x when doubling, 1x when fixed (a loaded CI machine stretched a 0.2 s gap to 0.58 s)
+        assert alone[-1] > 2 * alone[0], alone
         # someone joins: the first discovery that sees them is followed by short gaps again
         async with meeting.peer("alice") as alice:
             await clock.next_sample()  # every call counted from here on came after alice joined
             joined = len(clock.times)
             await clock.wait_for(joined + 2)
             await alice.connected.wait()
-        # times[joined] is the call that found alice or the one after: the next gap is 0.2 or 0.4 s
+        # times[joined] is the call that found alice or the one after: the next gap is 0.3 or 0.6 s
         after = clock.gaps()[joined]
-        assert after < longest / 2, (alone, after)
+        assert after < alone[-1] / 2, (alone, after)  # not the 2.4 s of an unchanged meeting
         sampler.cancel()
 
 
