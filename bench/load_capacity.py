@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.devserver.process import DevServerProcess  # noqa: E402
+from agent.roles.load.report import slow_lag_pct  # noqa: E402
 
 PACKETS_PER_S = 50  # 20 ms Opus frames
 MIN_ARRIVAL = 0.95
@@ -158,9 +159,8 @@ def run_agent_step(
     should = PACKETS_PER_S * sum(r["connected"] for r in hold_rows)
     arrival = received / should if should else 0.0
     # p99 over every lag probe of the hold (as for the aiortc pairs), not the worst second's
-    probes = sum(r.get("loop_lag_probes", 0) for r in hold_rows)
-    slow = sum(r.get("loop_lag_slow", 0) for r in hold_rows)
-    lag_ok = probes > 0 and slow < SLOW_LAG_SHARE * probes
+    slow_pct = slow_lag_pct(hold_rows)  # the report's own figure, over the hold's rows
+    lag_ok = slow_pct is not None and slow_pct < 100 * SLOW_LAG_SHARE
     rss = [r["rss_mb"] for r in timeline]
     return {
         "ok": len(hold_rows) >= hold - 1
@@ -170,7 +170,7 @@ def run_agent_step(
         "all_connected_at_s": all_in,
         "connected": f"{connected}/{expected}",
         "arrival": round(arrival, 3),
-        "lag_slow_pct": round(100 * slow / probes, 2) if probes else None,
+        "lag_slow_pct": slow_pct,
         "worst_second_lag_p99_ms": round(
             max((r["loop_lag_p99_ms"] for r in hold_rows), default=float("inf")), 1
         ),
