@@ -387,7 +387,8 @@ async def run_rung(
         rec0, peers0 = cpu_seconds(recorder.pid), cpu_seconds(peers.pid)
         core0 = core_ticks(recorder_core)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(recorder.wait(), hold)
+            async with asyncio.timeout(hold):
+                await recorder.wait()
             raise RuntimeError(f"recorder exited {recorder.returncode} during the hold")
         rec1, peers1 = cpu_seconds(recorder.pid), cpu_seconds(peers.pid)
         core1 = core_ticks(recorder_core)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -137,8 +136,7 @@ async def soak(args: argparse.Namespace) -> int:
                   f"{churn.disconnected:8d}", flush=True)  # fmt: skip
             if elapsed >= args.duration or agent.done():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(agent), args.interval)
+            await asyncio.wait({agent}, timeout=args.interval)
 
         stop.set()
         for worker in workers:

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiortc import MediaStreamTrack
 
+from agent.aio import wait_event
 from agent.convex import ConvexError
 from agent.peer.session import (
     LocalIdentity,
@@ -285,8 +286,7 @@ class SessionManager:
     async def _report_loop(self) -> None:
         last_sent = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_wake.wait(), self.settings.report_interval)
+            await wait_event(self._report_wake, self.settings.report_interval)
             self._report_wake.clear()
             # Coalesce bursts of state changes into one request.
             gap = self.settings.min_report_gap - (time.monotonic() - last_sent)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from agent.aio import wait_event
 from agent.convex import AuthError, ConvexError, FunctionError, TransientError
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import MAX_SIGNAL_IDS_PER_ACK, Signal
@@ -219,10 +220,7 @@ class SignalPoller:
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
             return
-        try:
-            await asyncio.wait_for(self._poll_wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await wait_event(self._poll_wake, seconds)
         self._poll_wake.clear()
 
     async def poll_once(self) -> bool:
