@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.cli.loop import run_async
 from agent.media.preencoded import PreencodedAudio
 from agent.peer.ice import restrict_host_addresses
 from tests.support.peers import RemotePeer
@@ -109,5 +110,11 @@ async def main() -> None:
         await reader.read()  # stay in the meeting until the parent closes stdin
 
 
+async def _main_status() -> int:
+    await main()
+    return 0
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    # uvloop, as the agent: simulating fifty browsers in one process is CPU-bound
+    run_async(_main_status())

@@ -28,11 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import httpx
 
 from agent.media.preencoded import PreencodedAudio
 from agent.peer.ice import restrict_host_addresses
-from tests.support.peers import ApiError, RemotePeer
+from tests.support.peers import ApiError, PeerTransportError, RemotePeer
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 12
@@ -46,21 +45,16 @@ class RetryingPeer(RemotePeer):
         for _ in range(MAX_ATTEMPTS):
             wait = random.uniform(0, delay)
             try:
-                response = await self._http.post(
-                    f"/api/run/{function}", json={"args": args, "format": "json"}
-                )
-            except httpx.TransportError:
+                reply = await self.post(function, args)
+            except PeerTransportError:
                 pass
             else:
-                if response.status_code not in RETRYABLE:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = {}
+                if reply.status not in RETRYABLE:
+                    body = reply.body if isinstance(reply.body, dict) else {}
                     if body.get("status") == "success":
                         return body.get("value")
-                    raise ApiError(f"{function}: HTTP {response.status_code}")
-                retry_after = response.headers.get("Retry-After")
+                    raise ApiError(f"{function}: HTTP {reply.status}")
+                retry_after = reply.headers.get("Retry-After")
                 if retry_after and retry_after.isdigit():
                     wait = max(wait, float(retry_after))
             await asyncio.sleep(wait)
@@ -92,7 +86,7 @@ async def main() -> None:
         for p in spec["peers"]
     ]
     for peer in peers:
-        peer._http.timeout = httpx.Timeout(spec.get("request_timeout", 3.0))
+        peer.request_timeout = spec.get("request_timeout", 3.0)
     connect_timeout = float(spec.get("timeout", 90.0))
 
     def emit(obj: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
 """A scripted remote participant for tests: a real aiortc RTCPeerConnection with media, signalling
-through the dev backend's HTTP API with plain httpx calls (deliberately not the agent's code).
+through the dev backend's HTTP API with plain aiohttp calls (deliberately not the agent's code; and
+cheap, as a browser's fetch is: httpx costs ~1.8 ms of CPU per request, and fifty simulated
+browsers polling from one process made the harness the bottleneck of the benchmarks).
 
 It can offer or answer, trickle its candidates as separate signals (even before its offer), send
 arbitrary raw signals, restart ICE, renegotiate, and counts the frames it receives.
@@ -11,11 +13,11 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -36,6 +38,17 @@ SIGNALING = "meetings/webrtc/signaling"
 
 class ApiError(Exception):
     pass
+
+
+class PeerTransportError(Exception):
+    """The request got no HTTP answer (connection refused or dropped, timeout)."""
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    body: Any  # the parsed JSON body, or None when it is not JSON
 
 
 @dataclass
@@ -87,9 +100,9 @@ class RemotePeer:
         self.idle_poll_interval = idle_poll_interval or poll_interval
         self._negotiating = False
         self._wake = asyncio.Event()
-        self._http = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
-        )
+        self._token = token
+        self.request_timeout = 10.0
+        self._http: aiohttp.ClientSession | None = None  # made on first use, inside the loop
         self.pc: RTCPeerConnection | None = None
         self.remote_user_id: str | None = None
         self.remote_session_id: str | None = None
@@ -124,18 +137,38 @@ class RemotePeer:
                 await self.call(f"{SIGNALING}/closeSession", meetingId=self.meeting_id,
                                 sessionId=self.session_id)
         await self._close_pc()
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
     async def crash(self) -> None:
         """Vanish without closing anything at the backend (a killed browser tab)."""
         await self.stop(close_session=False)
 
+    async def post(self, function: str, args: dict[str, Any]) -> HttpReply:
+        """One POST of a Convex function call; raises PeerTransportError without an answer."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                base_url=self.url, headers={"Authorization": f"Bearer {self._token}"}
+            )
+        try:
+            async with self._http.post(
+                f"/api/run/{function}",
+                json={"args": args, "format": "json"},
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+            ) as response:
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+                return HttpReply(response.status, response.headers.copy(), body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PeerTransportError(f"{function}: {exc!r}") from exc
+
     async def call(self, function: str, **args: Any) -> Any:
-        response = await self._http.post(f"/api/run/{function}", json={"args": args,
-                                                                       "format": "json"})
-        body = response.json()
+        reply = await self.post(function, args)
+        body = reply.body if isinstance(reply.body, dict) else {}
         if body.get("status") != "success":
-            raise ApiError(f"{function}: HTTP {response.status_code}: {body.get('errorMessage')}")
+            raise ApiError(f"{function}: HTTP {reply.status}: {body.get('errorMessage')}")
         return body.get("value")
 
     # --- sending -----------------------------------------------------------------------------
@@ -229,7 +262,7 @@ class RemotePeer:
             try:
                 page = await self.call(f"{SIGNALING}/getPendingSignals",
                                        meetingId=self.meeting_id)
-            except (ApiError, httpx.HTTPError):
+            except (ApiError, PeerTransportError):
                 page = []
             ids = []
             for s in sorted(page, key=lambda s: (s["timestamp"], s["type"] != "sdp")):
@@ -241,7 +274,7 @@ class RemotePeer:
                 with contextlib.suppress(Exception):
                     await self._apply(s)
             if ids:
-                with contextlib.suppress(ApiError, httpx.HTTPError):
+                with contextlib.suppress(ApiError, PeerTransportError):
                     await self.call(f"{SIGNALING}/markSignalsProcessed", signalIds=ids)
             if ids:
                 self._negotiating = not self.connected.is_set()
