@@ -33,6 +33,7 @@ from aiortc import (
 )
 
 from agent.convex import ConvexError
+from agent.peer.dtls import new_peer_connection
 from agent.peer.ice import (
     DEFAULT_GATHER_TIMEOUT_S,
     CandidateError,
@@ -449,7 +450,10 @@ class PeerSession:
             log.info("%s: replacing the peer connection (%s)", self, reason)
             await old.close()
         limit_gathering_time(self.settings.gather_timeout)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.settings.ice_servers)))
+        configuration = RTCConfiguration(iceServers=list(self.settings.ice_servers))
+        # A replacement must present a certificate of its own: with the fingerprint unchanged, a
+        # browser keeps its DTLS session across the ICE restart and ignores the new handshake.
+        pc = new_peer_connection(configuration) if old is None else RTCPeerConnection(configuration)
         if not self.settings.decode_media:
             count_only(pc)
         self.pc = pc
