@@ -171,6 +171,10 @@ def run_agent_step(
         "connected": f"{connected}/{expected}",
         "arrival": round(arrival, 3),
         "lag_slow_pct": slow_pct,
+        # the pinned worker's CPU over the hold, in % of its one core
+        "cpu_pct": round(sum(r.get("cpu_pct", 0.0) for r in hold_rows) / len(hold_rows), 1)
+        if hold_rows
+        else None,
         "worst_second_lag_p99_ms": round(
             max((r["loop_lag_p99_ms"] for r in hold_rows), default=float("inf")), 1
         ),

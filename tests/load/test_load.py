@@ -80,6 +80,10 @@ def test_load_connects_everyone(
     timeline = json.loads((tmp_path / "r" / "report.json").read_text())["timeline"]
     assert sum(row["loop_lag_probes"] for row in timeline) > 0
     assert s["loop_lag_slow_pct"] is not None and 0 <= s["loop_lag_slow_pct"] <= 100
+    # the two workers' CPU, summed per second: they connected and sent media, so some, and at
+    # most two cores' worth
+    busy = [row["cpu_pct"] for row in timeline]
+    assert max(busy) > 0 and all(0 <= c <= 200 * 1.1 for c in busy), busy
     html = (tmp_path / "r" / "report.html").read_text()
     assert html.count("<svg") == 6 and "Time to connected" in html
     assert devserver.admin_key not in result.stdout + result.stderr + html

@@ -86,6 +86,7 @@ def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any
             "loop_lag_p99_ms": 0.0,
             "loop_lag_probes": 0,
             "loop_lag_slow": 0,
+            "cpu_pct": 0.0,
         }
     )
     for timeline in timelines:
@@ -104,6 +105,7 @@ def merge_timelines(timelines: list[list[dict[str, Any]]]) -> list[dict[str, Any
                 "rss_mb",
                 "loop_lag_probes",
                 "loop_lag_slow",
+                "cpu_pct",
             )
             for key in summed:
                 b[key] += row.get(key, 0)

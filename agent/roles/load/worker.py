@@ -74,6 +74,7 @@ class Sample:
     # give the p99 of a whole window (a per-second p99 of ~20 probes is their maximum)
     loop_lag_probes: int = 0
     loop_lag_slow: int = 0
+    cpu_pct: float = 0.0  # the worker process's CPU time (all its threads), in % of one core
     time_to_connected_s: list[float] = field(default_factory=list)  # new since the last sample
 
 
@@ -117,6 +118,7 @@ class LoadWorker:
         self._last_packets = 0
         self._last_rtp = 0
         self._last_sample_at: float | None = None  # time.monotonic() of the previous sample
+        self._last_cpu = time.process_time()
         self._preencoded: PreencodedAudio | None = None
         self._ramp_done = False
         self._frozen_at: tuple[int, int] | None = None  # (connected, failed) at the last freeze
@@ -241,6 +243,8 @@ class LoadWorker:
         now = time.monotonic()
         elapsed = SAMPLE_INTERVAL_S if self._last_sample_at is None else now - self._last_sample_at
         self._last_sample_at = now
+        cpu = time.process_time()
+        cpu_pct, self._last_cpu = 100 * (cpu - self._last_cpu) / elapsed, cpu
         sample = Sample(
             t=round(time.time() - t0, 3),
             started=len(self.running),
@@ -255,6 +259,7 @@ class LoadWorker:
             loop_lag_p99_ms=1000 * percentile(lags, 0.99) if lags else 0.0,
             loop_lag_probes=len(lags),
             loop_lag_slow=sum(1 for lag in lags if lag >= SLOW_LAG_S),
+            cpu_pct=round(cpu_pct, 1),
             time_to_connected_s=new_ttc,
         )
         self._last_packets = packets
