@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ from agent.convex import (
     RetryPolicy,
     TokenSource,
     TransientError,
+    make_http_client,
 )
+from agent.convex.client import MAX_IDLE_CONNECTIONS
+from tests.support.waiting import poll_until
 
 WHO = "users/queries/getCurrentUser"
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
@@ -92,3 +96,31 @@ async def test_auth_errors_and_token_file_rotation(devserver: Any, tmp_path: Pat
         assert (await client.run(WHO, {}))["_id"] == devserver.user_id("ann")
         assert calls(devserver) == 2  # one refused with the old token, one with the new
         assert good not in repr(client) and good not in repr(TokenSource(path=token_file))
+
+
+async def test_a_burst_opens_connections_and_the_pool_keeps_few_of_them(devserver: Any) -> None:
+    """Requests in flight get connections of their own; afterwards at most MAX_IDLE_CONNECTIONS
+    stay open (httpcore checks every pooled connection on every request)."""
+    devserver.set_faults(latency_ms=300, functions=[WHO])  # so that the 40 requests overlap
+    http = make_http_client(max_connections=100)
+    pool = http._transport._pool  # type: ignore[attr-defined]
+    try:
+        clients = [
+            ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")), http=http)
+            for _ in range(40)
+        ]
+        burst = asyncio.gather(*(c.run(WHO, {}) for c in clients))
+
+        async def all_in_flight() -> bool:  # at once: one connection each
+            return len(pool.connections) >= 40
+
+        async with asyncio.timeout(10):
+            await poll_until(all_in_flight)
+            assert len(await burst) == 40
+        assert len(pool.connections) <= MAX_IDLE_CONNECTIONS
+        # and they are reused: another burst of ten opens nothing new beyond them
+        devserver.clear_faults()
+        await asyncio.gather(*(c.run(WHO, {}) for c in clients[:10]))
+        assert len(pool.connections) <= MAX_IDLE_CONNECTIONS
+    finally:
+        await http.aclose()
