@@ -4,11 +4,17 @@ aiortc's sender encodes every frame of every connection (in a thread pool hop pe
 that plays the same tone to fifty people would run fifty Opus encoders for identical output. A
 `PreencodedAudio` encodes its loop once; each `track()` replays those Opus packets, paced in real
 time, and aiortc's sender only packetizes them.
+
+The tracks of one `PreencodedAudio` also share one 20 ms clock (`FrameClock`): one timer per frame
+time wakes all their senders in the same turn of the event loop, where a timer each woke them one
+by one, every turn paying its own poll of the sockets and timer bookkeeping.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+import math
 import weakref
 from typing import Any
 
@@ -21,7 +27,6 @@ from agent.media.sources import (
     AUDIO_TIME_BASE,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
-    Pacer,
     silence_pcm,
     tone_pcm,
 )
@@ -64,10 +69,11 @@ class PreencodedAudio:
             raise ValueError(f"pre-encoded audio is tone or silence, not {spec!r}")
         self.spec = spec
         self.payloads = encode_opus_loop(pcm)
+        self.clock = FrameClock(SAMPLES_PER_FRAME / SAMPLE_RATE)
         self._tracks: weakref.WeakSet[PreencodedAudioTrack] = weakref.WeakSet()
 
     def track(self) -> MediaStreamTrack:
-        track = PreencodedAudioTrack(self.payloads)
+        track = PreencodedAudioTrack(self.payloads, self.clock)
         self._tracks.add(track)
         return track
 
@@ -77,21 +83,64 @@ class PreencodedAudio:
             track.stop()
 
 
+class FrameClock:
+    """A grid of frame times (every `period` seconds) that any number of tracks wait on together.
+
+    A tick's wake-up is scheduled only while some track waits for it; the tracks waiting for the
+    same tick all resume in the same turn of the event loop.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._origin: float | None = None
+        self._waiting: dict[int, asyncio.Event] = {}
+
+    def next_tick(self) -> int:
+        """The first tick at or after now."""
+        now = asyncio.get_running_loop().time()
+        if self._origin is None:
+            self._origin = now
+        return math.ceil((now - self._origin) / self.period)
+
+    async def wait(self, tick: int) -> None:
+        """Until the time of `tick` (at once if it has passed: a late sender catches up)."""
+        loop = asyncio.get_running_loop()
+        assert self._origin is not None, "next_tick() first"
+        due = self._origin + tick * self.period
+        if due <= loop.time():
+            return
+        event = self._waiting.get(tick)
+        if event is None:
+            event = self._waiting[tick] = asyncio.Event()
+            loop.call_at(due, self._release, tick)
+        await event.wait()  # an Event, not a shared future: one waiter's cancellation is its own
+
+    def _release(self, tick: int) -> None:
+        self._waiting.pop(tick).set()
+
+
 class PreencodedAudioTrack(MediaStreamTrack):
-    """Yields `av.Packet`s (Opus, 20 ms) from a shared list, paced in real time."""
+    """Yields `av.Packet`s (Opus, 20 ms) from a shared list, on the shared frame clock."""
 
     kind = "audio"
 
-    def __init__(self, payloads: list[bytes]) -> None:
+    def __init__(self, payloads: list[bytes], clock: FrameClock) -> None:
         super().__init__()
         self._payloads = payloads
-        self._pacer = Pacer(SAMPLES_PER_FRAME, SAMPLE_RATE)
+        self._clock = clock
+        self._tick: int | None = None
+        self._pts = 0
 
     async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
-        pts = await self._pacer.next_pts()
-        packet = Packet(self._payloads[(pts // SAMPLES_PER_FRAME) % len(self._payloads)])
-        packet.pts = pts
+        if self._tick is None:
+            self._tick = self._clock.next_tick()  # the first frame goes at once
+        else:
+            self._tick += 1
+            self._pts += SAMPLES_PER_FRAME
+            await self._clock.wait(self._tick)
+        packet = Packet(self._payloads[(self._pts // SAMPLES_PER_FRAME) % len(self._payloads)])
+        packet.pts = self._pts
         packet.time_base = AUDIO_TIME_BASE
         return packet

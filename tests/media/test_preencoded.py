@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from agent.media.preencoded import PreencodedAudio
+from agent.media.preencoded import FrameClock, PreencodedAudio
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.receiving import count_only
 from tests.support.waiting import poll_until
@@ -75,3 +77,48 @@ async def test_a_counting_connection_counts_rtp_with_no_decoder_thread() -> None
         with pytest.raises(MediaStreamError):  # the track ends with its receiver, like aiortc's
             while True:
                 await track.recv()
+
+
+async def test_tracks_of_one_source_share_one_frame_clock() -> None:
+    """Twenty tracks send each frame in the same turn of the loop: one timer per frame time for
+    all of them, frames paced in real time, each track's timestamps its own."""
+    tone = PreencodedAudio("tone")
+    tracks = [tone.track() for _ in range(20)]
+    loop = asyncio.get_running_loop()
+    timers = 0
+    real_call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal timers
+        timers += 1
+        return real_call_at(when, callback, *args, **kwargs)
+
+    async def pull(track: MediaStreamTrack, frames: int) -> list[int]:
+        return [(await track.recv()).pts for _ in range(frames)]
+
+    loop.call_at = counting_call_at  # type: ignore[method-assign]  # counts, then calls the real one
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            got = await asyncio.gather(*(pull(t, 26) for t in tracks))
+        elapsed = time.monotonic() - started
+    finally:
+        loop.call_at = real_call_at  # type: ignore[method-assign]
+        tone.stop()
+    assert all(pts == [960 * k for k in range(26)] for pts in got)
+    assert 0.45 <= elapsed < 1.5  # 25 frame times of 20 ms after the first frame
+    # one timer per frame time for all twenty (a timer per track would be 500), plus the timeout's
+    assert timers <= 27
+
+
+async def test_a_cancelled_wait_on_the_frame_clock_leaves_the_others_waiting() -> None:
+    clock = FrameClock(0.05)
+    tick = clock.next_tick() + 2
+    first = asyncio.create_task(clock.wait(tick))
+    second = asyncio.create_task(clock.wait(tick))
+    await asyncio.sleep(0)
+    first.cancel()
+    async with asyncio.timeout(5):
+        await second  # still released at the tick's time
+    assert first.cancelled()
+    await clock.wait(tick)  # a tick in the past: no wait
