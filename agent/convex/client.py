@@ -35,6 +35,7 @@ from agent.convex.errors import (
     TransientError,
 )
 from agent.convex.tokens import TokenSource
+from agent.convex.transport import ConvexTransport
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +72,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-# Idle connections kept open. httpcore checks every pooled connection (a readability poll of its
-# socket, and a count of the whole pool for each idle one) twice per request: with a hundred
-# load-test identities polling at once the pool grew to ~100 idle connections and that scan took
-# 11 % of a worker's CPU. Bursts may still open up to max_connections; the surplus closes once idle.
-MAX_IDLE_CONNECTIONS = 16
-
-
 def make_http_client(
     *, timeout: float = 10.0, verify: bool | str = True, max_connections: int = 100
 ) -> httpx.AsyncClient:
     """The process-wide HTTP client: connection reuse, bounded pool, TLS verification on."""
+    # A CA bundle path becomes a context (httpx deprecates verify=<path>); True: system CAs.
+    tls = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=min(max_connections, MAX_IDLE_CONNECTIONS),
-        ),
-        # A CA bundle path becomes a context (httpx deprecates verify=<path>); True: system CAs.
-        verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
+        transport=ConvexTransport(verify=tls, limits=httpx.Limits(max_connections=max_connections)),
         headers={"User-Agent": "connvo-agent"},
     )
 
@@ -250,7 +241,7 @@ class ConvexClient:
 
 def _tls_verification_failed(exc: BaseException) -> bool:
     seen: BaseException | None = exc
-    for _ in range(10):  # the ssl error sits a few causes down (httpcore, then httpx)
+    for _ in range(10):  # the ssl error sits a few causes down (aiohttp, then httpx)
         if seen is None:
             return False
         if isinstance(seen, ssl.SSLCertVerificationError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agent.convex import (
@@ -18,7 +20,6 @@ from agent.convex import (
     TransientError,
     make_http_client,
 )
-from agent.convex.client import MAX_IDLE_CONNECTIONS
 from tests.support.waiting import poll_until
 
 WHO = "users/queries/getCurrentUser"
@@ -42,8 +43,9 @@ async def test_success_and_typed_function_error(devserver: Any) -> None:
 
 
 async def test_500s_are_retried_a_bounded_number_of_times(devserver: Any) -> None:
-    async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")),
-                            retry=FAST) as client:
+    async with ConvexClient(
+        devserver.url, TokenSource(value=devserver.token("ann")), retry=FAST
+    ) as client:
         devserver.set_faults(error_rate=1.0, functions=[WHO])
         devserver.reset_stats()
         with pytest.raises(TransientError) as info:
@@ -52,15 +54,17 @@ async def test_500s_are_retried_a_bounded_number_of_times(devserver: Any) -> Non
         assert calls(devserver) == 3
         devserver.set_faults(error_rate=0.5, functions=[WHO], seed=3)
         generous = RetryPolicy(max_attempts=20, base_delay=0.01, max_delay=0.02)
-        async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")),
-                                retry=generous) as patient:
+        async with ConvexClient(
+            devserver.url, TokenSource(value=devserver.token("ann")), retry=generous
+        ) as patient:
             assert (await patient.run(WHO, {}))["_id"] == devserver.user_id("ann")
 
 
 async def test_retry_after_is_honoured(devserver: Any) -> None:
     devserver.set_faults(rate_limit_rate=1.0, retry_after_s=1, functions=[WHO])
-    async with ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")),
-                            retry=FAST) as client:
+    async with ConvexClient(
+        devserver.url, TokenSource(value=devserver.token("ann")), retry=FAST
+    ) as client:
         started = time.monotonic()
         with pytest.raises(TransientError) as info:
             await client.run(WHO, {})
@@ -76,8 +80,9 @@ async def test_dropped_connections_and_timeouts_are_transient(devserver: Any) ->
         with pytest.raises(TransientError, match="connection failed"):
             await client.run(WHO, {})
     devserver.set_faults(timeout_rate=1.0, timeout_s=5, functions=[WHO])
-    async with ConvexClient(devserver.url, token, retry=RetryPolicy(max_attempts=1),
-                            timeout=0.3) as client:
+    async with ConvexClient(
+        devserver.url, token, retry=RetryPolicy(max_attempts=1), timeout=0.3
+    ) as client:
         with pytest.raises(TransientError, match="timed out"):
             await client.run(WHO, {})
 
@@ -98,13 +103,25 @@ async def test_auth_errors_and_token_file_rotation(devserver: Any, tmp_path: Pat
         assert good not in repr(client) and good not in repr(TokenSource(path=token_file))
 
 
-async def test_a_burst_opens_connections_and_the_pool_keeps_few_of_them(devserver: Any) -> None:
-    """Requests in flight get connections of their own; afterwards at most MAX_IDLE_CONNECTIONS
-    stay open (httpcore checks every pooled connection on every request)."""
+def established_to(port: int) -> int:
+    """TCP connections in this network namespace whose remote end is `port` on loopback."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+async def test_requests_in_flight_get_connections_and_later_calls_reuse_them(
+    devserver: Any,
+) -> None:
+    port = httpx.URL(devserver.url).port
+    assert port is not None and established_to(port) == 0
     devserver.set_faults(latency_ms=300, functions=[WHO])  # so that the 40 requests overlap
-    http = make_http_client(max_connections=100)
-    pool = http._transport._pool  # type: ignore[attr-defined]
-    try:
+    async with make_http_client(max_connections=100) as http:
         clients = [
             ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")), http=http)
             for _ in range(40)
@@ -112,15 +129,58 @@ async def test_a_burst_opens_connections_and_the_pool_keeps_few_of_them(devserve
         burst = asyncio.gather(*(c.run(WHO, {}) for c in clients))
 
         async def all_in_flight() -> bool:  # at once: one connection each
-            return len(pool.connections) >= 40
+            return established_to(port) >= 40
 
         async with asyncio.timeout(10):
             await poll_until(all_in_flight)
             assert len(await burst) == 40
-        assert len(pool.connections) <= MAX_IDLE_CONNECTIONS
-        # and they are reused: another burst of ten opens nothing new beyond them
+        opened = established_to(port)
         devserver.clear_faults()
-        await asyncio.gather(*(c.run(WHO, {}) for c in clients[:10]))
-        assert len(pool.connections) <= MAX_IDLE_CONNECTIONS
+        for client in clients[:20]:  # one after another: kept-alive connections, none new
+            await client.run(WHO, {})
+        assert established_to(port) <= opened
+    assert established_to(port) == 0  # closing the client closes them
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"",
+        b"HTTP/1.1 2OO Fine\r\n\r\n",
+        b"NONSENSE\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{",
+    ],
+    ids=["closed", "bad-status", "not-http", "short-body"],
+)
+async def test_a_broken_exchange_is_a_transient_error(reply: bytes) -> None:
+    """Whatever a server does to the exchange, the client raises its own typed error."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ConvexClient(
+            f"http://127.0.0.1:{port}", TokenSource(value="t"), retry=FAST
+        ) as client:
+            with pytest.raises(TransientError, match="connection failed"):
+                await client.run(WHO, {})
     finally:
-        await http.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_refused_connection_is_a_transient_error() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()  # nothing listens there now
+    async with ConvexClient(
+        f"http://127.0.0.1:{port}", TokenSource(value="t"), retry=FAST
+    ) as client:
+        with pytest.raises(TransientError, match="connection failed: ConnectError"):
+            await client.run(WHO, {})
