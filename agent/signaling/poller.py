@@ -1,9 +1,13 @@
 """The signal poller: one per (meeting, identity), however many peer sessions that identity has.
 
 Each cycle fetches pending signals, drops the ones already handled (by id, across restarts),
-validates the rest one by one, orders them by send time and hands them to the sink. The sink (the
-session manager) reports back through `handled()` once a signal was applied, rejected or ignored;
-only then is the id recorded and queued for acknowledgement, so a crash in between re-delivers it.
+validates the rest one by one, orders them by send time and hands them to the sink. New signals
+are written to the state store's inbox first and acknowledged right away: the server stops
+returning them while they wait their turn (fifty offers waiting for a few negotiations at a time
+came back with every fast poll, a full page of SDP each time). The sink (the session manager)
+reports back through `handled()` once a signal was applied, rejected or ignored; that moves it
+from the inbox to the handled ids in one transaction, and a restarted agent first applies what
+its inbox still holds.
 
 Cursor: the server filters `_id > lastSignalId` as plain strings, and IDs need not sort by time. A
 cursor is therefore only used to page through a backlog while pages come back full; after the
@@ -15,6 +19,7 @@ re-applied.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -124,6 +129,8 @@ class SignalPoller:
         self.stats = PollerStats()
         self.observer: PollerObserver = observer or _NoObserver()
         self._in_flight: dict[str, bool] = {}  # delivered, not yet handled -> fetched while active
+        self._replay = _load_inbox(store)  # fetched by a previous run and never handled
+        self._in_flight.update(dict.fromkeys((signal.id for signal in self._replay), False))
         self._ack_queue: dict[str, None] = dict.fromkeys(store.unacked())  # ordered set
         self._ack_wake = asyncio.Event()
         self._poll_wake = asyncio.Event()
@@ -147,8 +154,7 @@ class SignalPoller:
             # Never expected: the store's `times` column counts it too (tests check both).
             self.stats.reapplied += 1
             log.error("signal %s handled a second time (%s)", signal.id, outcome)
-        self.store.record(signal.id, outcome)
-        self._queue_ack(signal.id)
+        self.store.record(signal.id, outcome)  # acknowledged when it was received
         self.observer.handled(outcome)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -172,6 +178,11 @@ class SignalPoller:
         """Poll until cancelled. Raises FunctionError when the meeting is no longer readable."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._ack_loop(), name="ack-signals")
+            replay, self._replay = self._replay, []
+            if replay:
+                log.info("applying %d signals received before a restart", len(replay))
+            for signal in sorted(replay, key=send_order):
+                self.sink.deliver(signal)
             await self._poll_loop()
 
     async def flush_acks(self) -> None:
@@ -229,6 +240,7 @@ class SignalPoller:
         Returns True when the last page was full (more is waiting).
         """
         batch: dict[str, Signal] = {}
+        rows: dict[str, Any] = {}
         full = False
         active = self._interval <= self.fast_interval
         for _ in range(MAX_PAGES_PER_CYCLE):
@@ -239,12 +251,17 @@ class SignalPoller:
             full = len(page) >= PAGE_SIZE
             page_ids = [row["_id"] for row in page if _has_id(row)]
             for row in page:
-                self._take(row, batch)
+                self._take(row, batch, rows)
             # Page through a backlog with the cursor; start over from the beginning after a short
             # page, so that ids sorting below the cursor are not skipped.
             self._set_cursor(max(page_ids) if full and page_ids else None)
             if not full:
                 break
+        if batch:
+            # Kept before acknowledged: from here on a crash loses nothing the server forgot.
+            self.store.receive((sid, json.dumps(rows[sid])) for sid in batch)
+            for signal_id in batch:
+                self._queue_ack(signal_id)
         now = time.time()
         for signal in sorted(batch.values(), key=send_order):
             self._in_flight[signal.id] = active
@@ -255,7 +272,7 @@ class SignalPoller:
             self._last_activity = time.monotonic()
         return full
 
-    def _take(self, row: Any, batch: dict[str, Signal]) -> None:
+    def _take(self, row: Any, batch: dict[str, Signal], rows: dict[str, Any]) -> None:
         if not _has_id(row):
             # Without an id it cannot be acknowledged or deduplicated: log and drop.
             self.stats.malformed += 1
@@ -274,6 +291,7 @@ class SignalPoller:
         self.observer.received(1)
         try:
             batch[signal_id] = Signal.model_validate(row)
+            rows[signal_id] = row
         except ValidationError as exc:
             self.stats.malformed += 1
             err = exc.errors()[0]
@@ -350,3 +368,15 @@ class SignalPoller:
 
 def _has_id(row: Any) -> bool:
     return isinstance(row, dict) and isinstance(row.get("_id"), str) and 0 < len(row["_id"]) <= 128
+
+
+def _load_inbox(store: SignalStateStore) -> list[Signal]:
+    signals = []
+    for row in store.inbox():
+        try:
+            signals.append(Signal.model_validate(json.loads(row)))
+        except ValidationError:  # written by this code, so only a changed model gets here
+            signal_id = json.loads(row).get("_id", "?")
+            log.warning("signal %s kept from a previous run no longer reads; dropped", signal_id)
+            store.record(signal_id, "rejected")
+    return signals
