@@ -21,12 +21,10 @@ class HoldingSink:
 
     def __init__(self, poller_handled: Any = None) -> None:
         self.held: list[Signal] = []
-        self.arrived = asyncio.Event()
         self.handle_at_once = poller_handled
 
     def deliver(self, signal: Signal) -> None:
         self.held.append(signal)
-        self.arrived.set()
         if self.handle_at_once is not None:
             self.handle_at_once(signal)
 
