@@ -136,6 +136,20 @@ def sanitize_sdp(sdp: str) -> str:
     return "\r\n".join(kept) + "\r\n"
 
 
+_MID = re.compile(r"^a=mid:(\S+)", re.MULTILINE)
+_BUNDLE = re.compile(r"^a=group:BUNDLE((?: \S+)*)", re.MULTILINE)
+
+
+def bundles_all_media(sdp: str) -> bool:
+    """True when one BUNDLE group holds every m-line of the SDP (browsers and aiortc do this).
+
+    Only then may the answerer put all media on one ICE transport from the start (aiortc's
+    max-bundle policy); an offer without it expects a transport per m-line.
+    """
+    mids = set(_MID.findall(sdp))
+    return bool(mids) and any(mids <= set(g.split()) for g in _BUNDLE.findall(sdp))
+
+
 _UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 
+from agent.peer.ice import bundles_all_media
 from tests.agent.conftest import Meeting, make_meeting
 from tests.support.peers import RemotePeer
 
@@ -20,6 +22,11 @@ async def media_both_ways(agent, peer: RemotePeer) -> None:
         await peer.received.video.wait()
         await agent.frames_event(peer.session_id, "audio").wait()
         await agent.frames_event(peer.session_id, "video").wait()
+
+
+def media_ports(sdp: str) -> list[str]:
+    """The port of every m-line: one per ICE transport in use."""
+    return re.findall(r"^m=\w+ (\d+) ", sdp, re.MULTILINE)
 
 
 def applied_once(agent) -> None:
@@ -51,6 +58,32 @@ async def test_offer_path_call_everyone(meeting: Meeting, agent_factory) -> None
         await media_both_ways(agent, alice)
         assert alice.offers_received == 1
         assert alice.answers == 1
+        # max-bundle: one ICE transport (one port) for audio and video from the start
+        offer = next(s["data"]["sdp"] for s in alice.signals if s["data"].get("type") == "offer")
+        assert bundles_all_media(offer)
+        assert len(media_ports(offer)) == 2 and len(set(media_ports(offer))) == 1
+
+
+async def test_offer_without_bundle_gets_a_transport_per_media(
+    meeting: Meeting, agent_factory
+) -> None:
+    # A remote that does not bundle (no a=group:BUNDLE) expects ICE on every m-line: the agent
+    # must not put everything on one transport as it does for its own offers. (aiortc writes a
+    # BUNDLE group into every answer anyway, so only the transports' ports tell.)
+    def unbundled(sdp: str) -> str:
+        return "".join(
+            line
+            for line in sdp.splitlines(keepends=True)
+            if not line.startswith("a=group:BUNDLE")
+        )
+
+    agent = await agent_factory(meeting)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"], munge=unbundled)
+        await media_both_ways(agent, alice)
+        async with asyncio.timeout(TIMEOUT):
+            answer = await alice.wait_signal(lambda s: s["data"].get("type") == "answer")
+        assert len(set(media_ports(answer["data"]["sdp"]))) == 2
 
 
 async def test_trickled_candidate_before_its_offer_in_one_page(devserver_factory,

@@ -203,10 +203,12 @@ class RemotePeer:
         restart: bool = False,
         duplicate: bool = False,
         candidate_delay: float = 0.0,
+        munge: Callable[[str], str] | None = None,
     ) -> int:
         """Send an offer to the agent (trickle: candidates as separate ICE signals).
 
-        Returns how many signals were sent.
+        `munge` rewrites the SDP as sent (the connection keeps its own). Returns how many
+        signals were sent.
         """
         self.remote_user_id = target_user_id
         if self.pc is None or restart:
@@ -215,6 +217,8 @@ class RemotePeer:
         assert pc is not None
         await pc.setLocalDescription(await pc.createOffer())
         sdp = pc.localDescription.sdp
+        if munge is not None:
+            sdp = munge(sdp)
         copies = 2 if duplicate else 1
         if not trickle:
             for _ in range(copies):
