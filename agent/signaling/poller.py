@@ -4,10 +4,11 @@ Each cycle fetches pending signals, drops the ones already handled (by id, acros
 validates the rest one by one, orders them by send time and hands them to the sink. New signals
 are written to the state store's inbox first and acknowledged right away: the server stops
 returning them while they wait their turn (fifty offers waiting for a few negotiations at a time
-came back with every fast poll, a full page of SDP each time). The sink (the session manager)
-reports back through `handled()` once a signal was applied, rejected or ignored; that moves it
-from the inbox to the handled ids in one transaction, and a restarted agent first applies what
-its inbox still holds.
+came back with every fast poll, a full page of SDP each time). The next poll waits (briefly) for
+those acknowledgements to land, or it would fetch the same page again. The sink (the session
+manager) reports back through `handled()` once a signal was applied, rejected or ignored; that
+moves it from the inbox to the handled ids in one transaction, and a restarted agent first
+applies what its inbox still holds.
 
 Cursor: the server filters `_id > lastSignalId` as plain strings, and IDs need not sort by time. A
 cursor is therefore only used to page through a backlog while pages come back full; after the
@@ -41,6 +42,8 @@ MAX_PAGES_PER_CYCLE = 8  # bound one drain so a huge backlog still gets applied 
 CURSOR_KEY = "cursor"
 # A poll failing with one of these codes means this identity can no longer read the meeting.
 LATENCY_SAMPLES = 10_000
+# How long a poll waits for the previous drain's acknowledgements before fetching anyway.
+ACK_WAIT_S = 0.5
 FATAL_CODES = frozenset({"FORBIDDEN", "NOT_FOUND", "MEETING_NOT_ACTIVE"})
 
 
@@ -115,7 +118,6 @@ class SignalPoller:
         fast_interval: float = 0.02,
         idle_interval: float = 1.25,
         recent_window: float = 3.0,
-        ack_delay: float = 0.01,
         observer: PollerObserver | None = None,
     ) -> None:
         self.api = api
@@ -125,7 +127,6 @@ class SignalPoller:
         self.fast_interval = fast_interval
         self.idle_interval = idle_interval
         self.recent_window = recent_window
-        self.ack_delay = ack_delay
         self.stats = PollerStats()
         self.observer: PollerObserver = observer or _NoObserver()
         self._in_flight: dict[str, bool] = {}  # delivered, not yet handled -> fetched while active
@@ -133,6 +134,9 @@ class SignalPoller:
         self._in_flight.update(dict.fromkeys((signal.id for signal in self._replay), False))
         self._ack_queue: dict[str, None] = dict.fromkeys(store.unacked())  # ordered set
         self._ack_wake = asyncio.Event()
+        self._acks_settled = asyncio.Event()  # nothing queued, or the last attempt failed
+        self._acks_settled.set()
+        self._ack_failures = 0
         self._poll_wake = asyncio.Event()
         self._changed = asyncio.Event()  # set and replaced whenever a signal is handled
         self._polled = asyncio.Event()  # set and replaced after every drain
@@ -195,6 +199,8 @@ class SignalPoller:
         failures = 0
         while True:
             full = False
+            # Fetched before its acknowledgement lands, a page comes back whole once more.
+            await wait_event(self._acks_settled, ACK_WAIT_S)
             try:
                 full = await self.poll_once()
                 failures = 0
@@ -310,20 +316,23 @@ class SignalPoller:
 
     def _queue_ack(self, signal_id: str) -> None:
         self._ack_queue[signal_id] = None
+        if not self._ack_failures:  # while acks fail, polls need not wait for them
+            self._acks_settled.clear()
         self._ack_wake.set()
 
     async def _ack_loop(self) -> None:
-        failures = 0
+        # No pause to batch: a drain queues all its acks before this task gets to run.
         while True:
             await self._ack_wake.wait()
-            # A short pause batches the acks of one page into one request.
-            await asyncio.sleep(self.ack_delay)
             self._ack_wake.clear()
             if await self._send_acks():
-                failures = 0
+                self._ack_failures = 0
+                if not self._ack_queue:
+                    self._acks_settled.set()
             else:
-                failures += 1
-                await asyncio.sleep(min(0.2 * 2**failures, 10.0))
+                self._ack_failures += 1
+                self._acks_settled.set()  # polling goes on; re-fetched ids are re-acknowledged
+                await asyncio.sleep(min(0.2 * 2**self._ack_failures, 10.0))
                 self._ack_wake.set()
 
     async def _send_acks(self) -> bool:
