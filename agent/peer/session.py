@@ -452,7 +452,8 @@ class PeerSession:
         With aiortc's default (balanced) an offer of audio and video gathers two transports, and
         the answer then stops the one BUNDLE made unused: twice the sockets and candidates, and
         about 4 ms of the event loop per connection when fifty answers arrive at once. Our own
-        offers always bundle; an answer bundles when the remote's offer does.
+        offers bundle (but not on a connection made for a remote rollback, where what comes next
+        is unknown); an answer bundles when the remote's offer does.
         """
         old = self.pc
         if old is not None:

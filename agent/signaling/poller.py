@@ -321,7 +321,8 @@ class SignalPoller:
         self._ack_wake.set()
 
     async def _ack_loop(self) -> None:
-        # No pause to batch: a drain queues all its acks before this task gets to run.
+        # No pause to batch: a drain queues its new signals' acks together, after its last page
+        # (only re-acks of already handled ids are queued page by page).
         while True:
             await self._ack_wake.wait()
             self._ack_wake.clear()
