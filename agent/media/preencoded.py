@@ -5,9 +5,11 @@ that plays the same tone to fifty people would run fifty Opus encoders for ident
 `PreencodedAudio` encodes its loop once; each `track()` replays those Opus packets, paced in real
 time, and aiortc's sender only packetizes them.
 
-The tracks of one `PreencodedAudio` also share one 20 ms clock (`FrameClock`): one timer per frame
-time wakes all their senders in the same turn of the event loop, where a timer each woke them one
-by one, every turn paying its own poll of the sockets and timer bookkeeping.
+Senders do not even pull from these tracks: the tracks of one `PreencodedAudio` share one
+`PacketPump` (agent/media/packet_pump.py), which sends the packets of all their senders from one
+timer callback per frame time, where aiortc ran a task per sender and a chain of coroutines per
+packet. Whatever pulls from a track itself (`recv()`) is paced by a shared 20 ms `FrameClock`
+instead: one timer per frame time for all such readers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.packet import Packet
 
+from agent.media.packet_pump import PacketPump
 from agent.media.sources import (
     AUDIO_TIME_BASE,
     SAMPLE_RATE,
@@ -70,10 +73,11 @@ class PreencodedAudio:
         self.spec = spec
         self.payloads = encode_opus_loop(pcm)
         self.clock = FrameClock(SAMPLES_PER_FRAME / SAMPLE_RATE)
+        self.pump = PacketPump(self.payloads, self.clock.period, SAMPLES_PER_FRAME)
         self._tracks: weakref.WeakSet[PreencodedAudioTrack] = weakref.WeakSet()
 
     def track(self) -> MediaStreamTrack:
-        track = PreencodedAudioTrack(self.payloads, self.clock)
+        track = PreencodedAudioTrack(self.payloads, self.clock, self.pump)
         self._tracks.add(track)
         return track
 
@@ -120,12 +124,13 @@ class FrameClock:
 
 
 class PreencodedAudioTrack(MediaStreamTrack):
-    """Yields `av.Packet`s (Opus, 20 ms) from a shared list, on the shared frame clock."""
+    """Sent by `pump`; or yields `av.Packet`s (Opus, 20 ms) on the shared frame clock."""
 
     kind = "audio"
 
-    def __init__(self, payloads: list[bytes], clock: FrameClock) -> None:
+    def __init__(self, payloads: list[bytes], clock: FrameClock, pump: PacketPump) -> None:
         super().__init__()
+        self.pump = pump  # an aiortc sender of this track leaves the sending to the pump
         self._payloads = payloads
         self._clock = clock
         self._tick: int | None = None
