@@ -10,18 +10,32 @@ Many participants only need to know that media arrived, which getStats counts be
 frame reassembly (so no keyframe requests either), no decoder thread; their tracks yield nothing
 and end when the receiver stops, as aiortc's do. RTCP (receiver reports, so RTT and loss) flows
 as usual. Other connections are untouched.
+
+Once such a connection is up, its audio RTP does not even queue: aioice hands every datagram to a
+queue that the DTLS transport's task reads, one task wake-up and a chain of coroutines per packet.
+`_CountingPath` takes the SRTP packets of counting audio receivers straight from the socket's
+callback: unprotect, then the receiver's statistics (what getStats and the receiver reports
+read), nothing else. Everything else (DTLS, RTCP, STUN, packets of an SSRC not yet routed, video
+with its NACK and bandwidth feedback) still takes aiortc's path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import struct
 import threading
 import types
 from collections.abc import Callable
 from typing import Any
 
 import aiortc.rtcrtpreceiver as _receiver
-from aiortc import RTCPeerConnection, RTCRtpTransceiver
+import pylibsrtp
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, clock
+from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtp import RtpPacket
 
 
 class _DroppingQueue:
@@ -87,3 +101,104 @@ def count_only(pc: RTCPeerConnection) -> None:
 
     # the name-mangled `self.__createTransceiver(...)` finds the instance attribute first
     pc._RTCPeerConnection__createTransceiver = create_counting  # type: ignore[attr-defined]
+
+    @pc.on("connectionstatechange")
+    def _on_state() -> None:
+        if pc.connectionState == "connected":
+            for transceiver in pc.getTransceivers():
+                _CountingPath.install(transceiver.receiver.transport)
+
+
+_RTP_SEQ_TS_SSRC = struct.Struct("!HLL")
+
+
+class _CountingPath:
+    """Counts the SRTP packets of counting audio receivers as aioice hands them over.
+
+    Installed on a connected DTLS transport's ICE connection (in place of its `data_received`,
+    which queues the datagram for the transport's reader task).
+    """
+
+    @classmethod
+    def install(cls, dtls: RTCDtlsTransport) -> None:
+        connection: Any = getattr(dtls.transport, "_connection", None)
+        if connection is None or isinstance(connection.__dict__.get("data_received"), cls):
+            return
+        try:  # the internals used below: if aiortc moved them, its own path stays
+            dtls._RTCDtlsTransport__rx_packets  # type: ignore[attr-defined]  # noqa: B018
+            dtls._rtp_router.ssrc_table  # noqa: B018
+        except AttributeError:
+            return
+        connection.data_received = cls(dtls, connection.data_received)
+
+    def __init__(self, dtls: RTCDtlsTransport, queue_datagram: Callable[[bytes, int], None]):
+        self._dtls = dtls
+        self._queue_datagram = queue_datagram
+        self._ssrc_table: dict[int, Any] = dtls._rtp_router.ssrc_table
+        self._counting: dict[int, bool] = {}  # id(receiver) -> whether this path counts it
+
+    def __call__(self, data: bytes, component: int) -> None:
+        # RTP (version 2), not RTCP; the header (so the SSRC) is in the clear in SRTP
+        if len(data) >= 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208:
+            receiver = self._ssrc_table.get(int.from_bytes(data[8:12], "big"))
+            if receiver is not None and self._counts(receiver, data[1] & 0x7F):
+                dtls: Any = self._dtls
+                srtp = dtls._rx_srtp
+                if srtp is not None and dtls._state == DtlsState.CONNECTED:
+                    dtls._RTCDtlsTransport__rx_bytes += len(data)
+                    dtls._RTCDtlsTransport__rx_packets += 1
+                    try:
+                        plain = srtp.unprotect(data)
+                    except pylibsrtp.Error:
+                        return  # dropped, as aiortc drops it
+                    _count(receiver, plain)
+                    return
+        self._queue_datagram(data, component)
+
+    def _counts(self, receiver: Any, payload_type: int) -> bool:
+        counting = self._counting.get(id(receiver))
+        if counting is None:
+            # a counting receiver (see count_only) with no NACK or bandwidth feedback to give
+            counting = self._counting[id(receiver)] = (
+                isinstance(receiver._RTCRtpReceiver__jitter_buffer, _NoJitterBuffer)
+                and receiver._RTCRtpReceiver__nack_generator is None
+                and receiver._RTCRtpReceiver__remote_bitrate_estimator is None
+            )
+        if not counting:
+            return False
+        codec = receiver._RTCRtpReceiver__codecs.get(payload_type)
+        return codec is not None and not is_rtx(codec)
+
+
+def _count(receiver: Any, plain: bytes) -> None:
+    """What aiortc's receiver does with a packet it will not decode: its statistics."""
+    if not receiver._enabled:
+        return
+    sequence_number, timestamp, ssrc = _RTP_SEQ_TS_SSRC.unpack_from(plain, 2)
+    payload_type = plain[1] & 0x7F
+    receiver._RTCRtpReceiver__active_ssrc[ssrc] = _now()
+    streams = receiver._RTCRtpReceiver__remote_streams
+    stats = streams.get(ssrc)
+    if stats is None:
+        codec = receiver._RTCRtpReceiver__codecs[payload_type]
+        stats = streams[ssrc] = _receiver.StreamStatistics(codec.clockRate)
+    stats.add(
+        RtpPacket(
+            payload_type=payload_type,
+            sequence_number=sequence_number,
+            timestamp=timestamp,
+            ssrc=ssrc,
+        )
+    )
+
+
+_now_at: tuple[float, datetime.datetime] = (-1.0, datetime.datetime.now(datetime.UTC))
+
+
+def _now() -> datetime.datetime:
+    """aiortc's `clock.current_datetime()`, read once per turn of the event loop."""
+    global _now_at
+    loop_time = asyncio.get_running_loop().time()  # uvloop's is the turn's cached time
+    if _now_at[0] != loop_time:
+        _now_at = (loop_time, clock.current_datetime())
+    return _now_at[1]

@@ -23,8 +23,8 @@ from tests.support.waiting import poll_until
 @contextlib.asynccontextmanager
 async def tone_call(
     *, counting: bool = False
-) -> AsyncIterator[tuple[RTCPeerConnection, asyncio.Queue[MediaStreamTrack]]]:
-    """A pre-encoded tone sent over a real loopback connection: (receiving pc, its tracks)."""
+) -> AsyncIterator[tuple[RTCPeerConnection, asyncio.Queue[MediaStreamTrack], RTCPeerConnection]]:
+    """A pre-encoded tone over a loopback connection: (receiving pc, its tracks, sending pc)."""
     restrict_host_addresses(["127.0.0.1"])
     tone = PreencodedAudio("tone")
     sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -39,7 +39,7 @@ async def tone_call(
         await receiver.setRemoteDescription(sender.localDescription)
         await receiver.setLocalDescription(await receiver.createAnswer())
         await sender.setRemoteDescription(receiver.localDescription)
-        yield receiver, got
+        yield receiver, got, sender
     finally:
         await sender.close()
         await receiver.close()
@@ -48,7 +48,7 @@ async def tone_call(
 
 
 async def test_preencoded_tone_arrives_as_a_tone() -> None:
-    async with tone_call() as (_, got), asyncio.timeout(15):
+    async with tone_call() as (_, got, _), asyncio.timeout(15):
         track = await got.get()
         samples = []
         while sum(len(s) for s in samples) < 48_000:  # one second of decoded audio
@@ -61,13 +61,19 @@ async def test_preencoded_tone_arrives_as_a_tone() -> None:
     assert np.sqrt(np.mean(pcm**2)) > 1000  # a tone, not silence
 
 
+async def _stats_after(pc: RTCPeerConnection, packets: int) -> Any:
+    stats = await pc.getStats()
+    got = sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+    return stats if got >= packets else None
+
+
 async def _enough_rtp(pc: RTCPeerConnection) -> bool:
     stats = await pc.getStats()
     return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp") >= 50
 
 
 async def test_a_counting_connection_counts_rtp_with_no_decoder_thread() -> None:
-    async with tone_call(counting=True) as (receiver, got), asyncio.timeout(15):
+    async with tone_call(counting=True) as (receiver, got, _), asyncio.timeout(15):
         track = await got.get()
         await poll_until(lambda: _enough_rtp(receiver))  # one second of 20 ms packets
         # a plain receiver would have one (the sender's transceiver is send-only)
@@ -77,6 +83,37 @@ async def test_a_counting_connection_counts_rtp_with_no_decoder_thread() -> None
         with pytest.raises(MediaStreamError):  # the track ends with its receiver, like aiortc's
             while True:
                 await track.recv()
+
+
+async def test_counted_rtp_skips_the_receivers_task_and_keeps_its_statistics() -> None:
+    """Once connected, a counting receiver's audio is counted as it comes off the socket; what
+    getStats and the RTCP receiver reports say is what aiortc's own path would say."""
+    async with tone_call(counting=True) as (receiver, got, sender), asyncio.timeout(15):
+        await got.get()
+        rtp_receiver = receiver.getTransceivers()[0].receiver
+        handled = 0
+        handle = rtp_receiver._handle_rtp_packet
+
+        async def counting_calls(packet: Any, arrival_time_ms: int) -> None:
+            nonlocal handled
+            handled += 1
+            await handle(packet, arrival_time_ms)
+
+        rtp_receiver._handle_rtp_packet = counting_calls  # type: ignore[method-assign]
+        stats = await poll_until(lambda: _stats_after(receiver, 100))
+        inbound = next(s for s in stats.values() if s.type == "inbound-rtp")
+        transport = next(s for s in stats.values() if s.type == "transport")
+        assert inbound.packetsLost == 0
+        assert 0 <= inbound.jitter < 48 * 20  # under a frame time, in 48 kHz units
+        assert transport.packetsReceived >= inbound.packetsReceived >= 100
+        assert handled <= 1  # aiortc's per-packet path no more (its first packets went there)
+        assert rtp_receiver.getSynchronizationSources()
+
+        async def round_trip_measured() -> bool:
+            remote = (await sender.getStats()).values()
+            return any(s.type == "remote-inbound-rtp" and s.roundTripTime for s in remote)
+
+        await poll_until(round_trip_measured)  # the sender read our receiver reports
 
 
 async def test_tracks_of_one_source_share_one_frame_clock() -> None:
