@@ -8,10 +8,11 @@ and 25,000 coroutine steps a second for what is, per packet, a header, an SRTP p
 frame time: the same bytes on the wire as aiortc's sender (header, extensions, SRTP), with the
 sender's counters (getStats, RTCP sender reports) and the DTLS transport's kept up to date.
 
-`RTCRtpSender._run_rtp` is replaced, for senders whose track is a `PumpedTrack` when the sender
-starts, by a task that joins the pump and waits for the stream's end; any other sender runs
-aiortc's own loop. The fast path reaches into aiortc and aioice internals (checked when a sender
-starts: if they moved, aiortc's loop runs instead, with a warning).
+`RTCRtpSender._run_rtp` is replaced, for senders whose track has a `pump` (a
+`PreencodedAudioTrack`) when the sender starts, by a task that joins the pump and waits for the
+stream's end; any other sender runs aiortc's own loop. The fast path reaches into aiortc and
+aioice internals (checked when a sender starts: if they moved, aiortc's loop runs instead, with a
+warning).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import asyncio
 import logging
 import math
 import struct
-from typing import Any, Protocol
+from typing import Any
 
 from aiortc import clock
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpsender import RTCRtpSender, random_sequence_number
@@ -39,15 +40,6 @@ MAX_CATCH_UP_FRAMES = 5
 _RTP_HEADER = struct.Struct("!BBHLL")
 _ExtKey = tuple[int | None, int | None, str | None]
 _EXTENSION_HEADER = struct.Struct("!HH")
-
-
-class PumpedTrack(Protocol):
-    """A track whose sender's RTP is sent by a pump (see `PreencodedAudioTrack`)."""
-
-    pump: PacketPump
-    readyState: str
-
-    def stop(self) -> None: ...
 
 
 class PacketPump:
@@ -275,7 +267,3 @@ async def _run_rtp(self: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
 
 
 RTCRtpSender._run_rtp = _run_rtp  # type: ignore[method-assign]
-
-
-def is_pumped(track: MediaStreamTrack) -> bool:
-    return isinstance(getattr(track, "pump", None), PacketPump)

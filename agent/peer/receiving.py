@@ -159,11 +159,18 @@ class _CountingPath:
         counting = self._counting.get(id(receiver))
         if counting is None:
             # a counting receiver (see count_only) with no NACK or bandwidth feedback to give
-            counting = self._counting[id(receiver)] = (
-                isinstance(receiver._RTCRtpReceiver__jitter_buffer, _NoJitterBuffer)
-                and receiver._RTCRtpReceiver__nack_generator is None
-                and receiver._RTCRtpReceiver__remote_bitrate_estimator is None
-            )
+            try:
+                counting = (
+                    isinstance(receiver._RTCRtpReceiver__jitter_buffer, _NoJitterBuffer)
+                    and receiver._RTCRtpReceiver__nack_generator is None
+                    and receiver._RTCRtpReceiver__remote_bitrate_estimator is None
+                    and isinstance(receiver._RTCRtpReceiver__codecs, dict)
+                    and isinstance(receiver._RTCRtpReceiver__remote_streams, dict)
+                    and isinstance(receiver._RTCRtpReceiver__active_ssrc, dict)
+                )
+            except AttributeError:  # another aiortc: its own path
+                counting = False
+            self._counting[id(receiver)] = counting
         if not counting:
             return False
         codec = receiver._RTCRtpReceiver__codecs.get(payload_type)
