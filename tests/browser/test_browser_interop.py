@@ -171,16 +171,23 @@ async def test_chromium_trickles_candidates_and_end_of_candidates(
     assert "a=candidate:" not in offer["sdp"]
 
 
-async def user_on_side(meeting: Meeting, *, above: str, want_above: bool) -> str:
-    """A new participant whose user id sorts above (or below) `above`'s id."""
+async def two_guests_in_order(meeting: Meeting) -> tuple[str, str]:
+    """Two new participants, (lower user id, higher user id); both get tokens in `meeting`.
+
+    Which side is polite follows the user ids, and the dev backend's ids are random: pick the
+    roles from the order of two fresh ids rather than hunting for an id on one side of a fixed one
+    (which fails when the fixed one sits near either end)."""
+    issued: dict[str, dict[str, str]] = {}
     async with httpx.AsyncClient(base_url=meeting.server.url) as http:
-        for i in range(64):
-            name = f"guest{i}"
+        for name in ("guest-a", "guest-b"):
             reply = await http.post("/dev/token", json={"name": name, "meeting": meeting.id})
             reply.raise_for_status()
-            if (reply.json()["userId"] > above) == want_above:
-                return name
-    raise AssertionError("no user id on the wanted side in 64 tries")
+            issued[name] = reply.json()
+    low, high = sorted(issued, key=lambda name: issued[name]["userId"])
+    for name, row in issued.items():
+        meeting.tokens[name] = row["token"]
+        meeting.users[name] = row["userId"]
+    return low, high
 
 
 @pytest.mark.parametrize("polite", ["chromium", "agent"])
@@ -189,8 +196,10 @@ async def test_glare_both_offer_at_once(
 ) -> None:
     # The page holds its offer until the agent's offer arrives, then sends it before applying the
     # agent's: the offers cross, and each side sees the other's offer while it has its own out.
-    name = await user_on_side(meeting, above=meeting.users["bot"], want_above=polite == "chromium")
-    agent = await agent_factory(meeting, "bot", call_everyone=True, discovery_interval=0.3)
+    # The participant with the higher user id is the polite one.
+    low, high = await two_guests_in_order(meeting)
+    name, agent_name = (high, low) if polite == "chromium" else (low, high)
+    agent = await agent_factory(meeting, agent_name, call_everyone=True, discovery_interval=0.3)
     page, page_session = await open_page(chromium, pages, meeting, name, glare=1)
     session = await connected(agent, page_session, page)
     await media_both_ways(agent, page, page_session)
