@@ -141,6 +141,7 @@ class DevServerApp:
         self.faults = Faults()
         self.stats = Stats()
         self.secret = store.jwt_secret()
+        self.tokens = auth.TokenVerifier(self.secret)
         self.admin = Starlette(
             routes=[
                 Route("/healthz", self._healthz, methods=["GET"]),
@@ -359,7 +360,7 @@ class DevServerApp:
 
     def _authenticate(self, request: Request) -> Row:
         token = auth.bearer_token(request.headers.get("authorization"))
-        subject = auth.verify_token(self.secret, token)
+        subject = self.tokens.subject(token)
         user = self.store.user_by_subject(subject)
         if user is None or not user["is_active"]:
             raise auth.AuthError("no user for this token")

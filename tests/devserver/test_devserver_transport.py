@@ -208,6 +208,32 @@ def test_expired_token_is_401(server2: DevServerProcess, http: httpx.Client) -> 
     assert "expired" in str(body["errorMessage"])
 
 
+def test_accepted_tokens_are_remembered_until_they_expire() -> None:
+    secret = "a-test-secret-long-enough-for-hs256-keys"
+    now = time.time()
+    clock = [now]
+    verifier = auth.TokenVerifier(secret, max_tokens=2, clock=lambda: clock[0])
+    token = auth.issue_token(secret, "user-1", ttl_s=60)
+    assert verifier.subject(token) == "user-1"
+    assert verifier.subject(token) == "user-1"  # remembered
+    clock[0] = now + 60  # the second `exp` names
+    with pytest.raises(auth.AuthError, match="expired"):
+        verifier.subject(token)
+    forged = jwt.encode(
+        {"sub": "user-1", "iat": int(now), "exp": int(now) + 600, "iss": auth.ISSUER,
+         "aud": auth.AUDIENCE},
+        "not-the-secret-but-long-enough-for-hs256",
+        algorithm="HS256",
+    )  # fmt: skip
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(auth.AuthError, match="signature"):
+            verifier.subject(forged)
+    clock[0] = now
+    for i in range(5):  # bounded: the oldest are forgotten, and checked again when they return
+        assert verifier.subject(auth.issue_token(secret, f"user-{i}", ttl_s=60)) == f"user-{i}"
+    assert len(verifier._accepted) == 2
+
+
 def test_forged_token_is_401(server2: DevServerProcess, http: httpx.Client) -> None:
     name = unique("u")
     server2.user_id(name)  # the user exists; only the signature is wrong
