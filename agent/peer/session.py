@@ -47,6 +47,7 @@ from agent.peer.ice import (
     sanitize_sdp,
 )
 from agent.peer.receiving import count_only
+from agent.peer.remote_description import speed_up_remote_descriptions
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IceCandidate, SessionDescription, Signal
 
@@ -461,6 +462,7 @@ class PeerSession:
             log.info("%s: replacing the peer connection (%s)", self, reason)
             await old.close()
         limit_gathering_time(self.settings.gather_timeout)
+        speed_up_remote_descriptions()
         configuration = RTCConfiguration(
             iceServers=list(self.settings.ice_servers),
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE if bundle else RTCBundlePolicy.BALANCED,
