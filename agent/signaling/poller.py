@@ -199,6 +199,7 @@ class SignalPoller:
         failures = 0
         while True:
             full = False
+            cycle_started = time.monotonic()
             # Fetched before its acknowledgement lands, a page comes back whole once more.
             await wait_event(self._acks_settled, ACK_WAIT_S)
             try:
@@ -215,7 +216,12 @@ class SignalPoller:
                 log.warning("getPendingSignals failed (attempt streak %d): %s", failures, exc)
             polled, self._polled = self._polled, asyncio.Event()
             polled.set()
-            await self._sleep(self._next_interval(full, failures))
+            interval = self._next_interval(full, failures)
+            if not failures:
+                # The interval runs from the start of one poll to the start of the next: a signal
+                # waits at most one interval for its poll, however long the last one took.
+                interval -= time.monotonic() - cycle_started
+            await self._sleep(interval)
 
     def _next_interval(self, full: bool, failures: int) -> float:
         if failures:
