@@ -23,19 +23,26 @@ agent's CPU.
 With --call rows ("agent calls"), the agent offers to 50 waiting peers instead: their answers
 arrive while it negotiates, which is where the negotiating-phase latency is measured at scale.
 
+On a machine with two or more CPUs the agent (this process) runs on the first CPU alone, and the
+dev backend and the peers' processes on the others: in a meeting they run on other machines, and
+sharing every CPU with fifty peers and the backend they poll made the agent's figures measure them.
+--shared-cpus lets everything share every CPU.
+
     python bench/signal_latency.py [--sessions 1 50] [--idle-seconds 10] [--agent-audio none]
-                                   [--peer-procs 1] [--scenarios answers calls]
+                                   [--peer-procs 1] [--scenarios answers calls] [--shared-cpus]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +64,32 @@ FIXED_INTERVAL_S = 0.25
 # agent/devserver/static/join.js). At 20 ms, 50 peers sent 2,500 requests a second to a backend
 # sharing two cores with the agent, and the figure measured the backend.
 PEER_POLL_S = 0.05
+
+
+@dataclass
+class CpuSplit:
+    """The agent on one CPU, the simulated rest of the meeting (backend, peers) on the others."""
+
+    agent: set[int]
+    world: set[int]
+
+    @classmethod
+    def of_this_machine(cls) -> CpuSplit | None:
+        cpus = sorted(os.sched_getaffinity(0))
+        return cls({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else None
+
+
+@contextlib.contextmanager
+def spawning_world(split: CpuSplit | None) -> Iterator[None]:
+    """Processes started inside run on the world's CPUs; this thread on the agent's afterwards."""
+    if split is None:
+        yield
+        return
+    os.sched_setaffinity(0, split.world)  # inherited by the processes spawned now
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, split.agent)
 
 
 @dataclass
@@ -89,11 +122,14 @@ async def scenario(
     agent_calls: bool = False,
     agent_audio: str = "none",
     peer_procs: int = 1,
+    split: CpuSplit | None = None,
 ) -> Row:
     # One session at a time is measured over `rounds` sequential calls; more at once in one burst.
     # With agent_calls, the peers wait and the agent (--call-everyone) offers to all of them.
     sequential = sessions == 1 and not agent_calls
-    with DevServerProcess(workdir / f"{poller}-{sessions}.sqlite") as server:
+    with contextlib.ExitStack() as stack:
+        with spawning_world(split):
+            server = stack.enter_context(DevServerProcess(workdir / f"{poller}-{sessions}.sqlite"))
         names = [f"p{i:03d}" for i in range(rounds if sequential else sessions)]
         meeting_id = server.meeting("bot", names)
         peers = [{"token": server.token(n), "user_id": server.user_id(n)} for n in names]
@@ -112,15 +148,16 @@ async def scenario(
         stop = asyncio.Event()
         # The remote peers, split over `peer_procs` processes (they would be separate machines).
         procs = 1 if sequential else max(1, min(peer_procs, len(peers)))
-        workers = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(ROOT / "bench" / "peers_worker.py"),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            for _ in range(procs)
-        ]
+        with spawning_world(split):
+            workers = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(ROOT / "bench" / "peers_worker.py"),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                for _ in range(procs)
+            ]
         try:
             async with asyncio.TaskGroup() as tasks:
                 if not agent_calls:
@@ -273,8 +310,20 @@ async def main(argv: list[str] | None = None) -> int:
         default=["answers", "calls"],
         help="answers: the peers call the agent; calls: the agent calls the peers (bursts only)",
     )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="let the agent share every CPU with the backend and the peers (by default the agent "
+        "has one CPU to itself, as on its own machine, and they have the others)",
+    )
     args = parser.parse_args(argv)
     restrict_host_addresses(["127.0.0.1"])
+    split = None if args.shared_cpus else CpuSplit.of_this_machine()
+    if split is not None:
+        print(
+            f"# agent on CPU {sorted(split.agent)}, backend and peers on {sorted(split.world)}",
+            file=sys.stderr,
+        )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-signal-") as tmp:
         plan = []
@@ -294,6 +343,7 @@ async def main(argv: list[str] | None = None) -> int:
                     agent_calls,
                     args.agent_audio,
                     args.peer_procs,
+                    split,
                 )
             )
             print(
