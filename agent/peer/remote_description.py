@@ -39,13 +39,16 @@ log = logging.getLogger(__name__)
 
 aiortc_find_common_codecs = _peerconnection.find_common_codecs
 aiortc_add_remote_candidates = _peerconnection.add_remote_candidates
+_tried = False  # replaced once per process, or warned once
 
 
 def speed_up_remote_descriptions() -> None:
     """Put `find_common_codecs` and `add_remote_candidates` in aiortc's module (idempotent)."""
+    global _tried
     module: Any = _peerconnection
-    if module.find_common_codecs is find_common_codecs:
+    if _tried:
         return
+    _tried = True
     if module.asyncio is not asyncio or not callable(module.add_remote_candidates):
         log.warning("aiortc's peer connection module changed: remote descriptions as aiortc does")
         return
