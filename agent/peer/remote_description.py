@@ -17,9 +17,10 @@ of the process:
   straight through. setRemoteDescription then completes in the step that started it. A candidate
   whose addition does wait is finished by a task, as before.
 
-Tests (tests/peer/test_remote_description.py) compare the codecs with aiortc's on the SDP of aiortc
-and Chromium, and check that an answer is applied without a loop turn and media then flows. If
-aiortc's module no longer looks as expected, nothing is replaced (one warning).
+Tests (tests/agent/test_remote_description.py, tests/browser/test_browser_codecs.py) compare the
+codecs with aiortc's on the SDP of aiortc and Chromium, and check that an answer is applied without
+a loop turn and media then flows. If aiortc's module no longer looks as expected, nothing is
+replaced (one warning).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 log = logging.getLogger(__name__)
 
 aiortc_find_common_codecs = _peerconnection.find_common_codecs
-aiortc_add_remote_candidates = _peerconnection.add_remote_candidates
 _tried = False  # replaced once per process, or warned once
 
 
