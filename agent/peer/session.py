@@ -178,6 +178,11 @@ class PeerSession:
         self._negotiated_sdp: str | None = None
         self._last_sdp_timestamp = -1.0
         self._pranswer_ufrags: tuple[str, ...] | None = None
+        # The remote description applied to the current connection (None: none yet), and its ICE
+        # ufrags. Kept here because aiortc's `pc.remoteDescription` re-serializes the whole SDP on
+        # every access, and every candidate needs to know.
+        self._remote_sdp: str | None = None
+        self._remote_ufrags: tuple[str, ...] = ()
         self._last_rx = -1
         self._last_rx_at = time.monotonic()
         self._disconnected_since: float | None = None
@@ -289,8 +294,8 @@ class PeerSession:
             return "ignored"
         restart = (
             pc is not None
-            and pc.remoteDescription is not None
-            and is_ice_restart(pc.remoteDescription.sdp, offer.sdp)
+            and self._remote_sdp is not None
+            and is_ice_restart(self._remote_sdp, offer.sdp)
         )
         if pc is None or collision or restart or pc.connectionState in ("failed", "closed"):
             # aiortc can neither roll back nor restart ICE in place: start from a fresh connection.
@@ -306,8 +311,7 @@ class PeerSession:
         async with self._negotiation_gate:
             if pc is not self.pc:
                 return "ignored"  # replaced while waiting (a newer offer, a restart)
-            await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(offer.sdp), "offer"))
-            self._negotiated_sdp = offer.sdp
+            await self._set_remote_description(pc, offer.sdp, "offer")
             self._attach_local_tracks(pc, add_missing=False)
             await self._flush_candidates()
             answer = await pc.createAnswer()
@@ -330,11 +334,17 @@ class PeerSession:
                 self.request_offer("final answer differs from pranswer", restart=True)
                 return "applied"
             return "ignored"  # duplicate or stale answer
-        await pc.setRemoteDescription(RTCSessionDescription(sanitize_sdp(answer.sdp), answer.type))
-        self._negotiated_sdp = answer.sdp
-        self._pranswer_ufrags = ice_ufrags(answer.sdp) if answer.type == "pranswer" else None
+        await self._set_remote_description(pc, answer.sdp, answer.type)
+        self._pranswer_ufrags = self._remote_ufrags if answer.type == "pranswer" else None
         await self._flush_candidates()
         return "applied"
+
+    async def _set_remote_description(self, pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+        sanitized = sanitize_sdp(sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(sanitized, kind))
+        self._remote_sdp = sanitized
+        self._remote_ufrags = ice_ufrags(sanitized)
+        self._negotiated_sdp = sdp
 
     async def _on_rollback(self) -> str:
         pc = self.pc
@@ -352,8 +362,7 @@ class PeerSession:
         self._seen_candidates.add(key)
         if payload.candidate.strip() and not payload.candidate.strip().endswith(".local"):
             parse_candidate(payload)  # reject junk now, not when it is flushed later
-        pc = self.pc
-        if pc is None or pc.remoteDescription is None:
+        if self.pc is None or self._remote_sdp is None:
             self._pending_candidates.append(payload)
             return "applied"
         await self._add_candidate(payload)
@@ -361,8 +370,8 @@ class PeerSession:
 
     async def _add_candidate(self, payload: IceCandidate) -> None:
         pc = self.pc
-        assert pc is not None and pc.remoteDescription is not None
-        ufrags = ice_ufrags(pc.remoteDescription.sdp)
+        assert pc is not None and self._remote_sdp is not None
+        ufrags = self._remote_ufrags
         if payload.usernameFragment and ufrags and payload.usernameFragment not in ufrags:
             log.debug("%s: candidate of another ICE generation ignored", self)
             return
@@ -473,6 +482,8 @@ class PeerSession:
         if not self.settings.decode_media:
             count_only(pc)
         self.pc = pc
+        self._remote_sdp = None
+        self._remote_ufrags = ()
         self._seen_candidates.clear()
         self._last_rx = -1
         self._last_rx_at = time.monotonic()
