@@ -184,3 +184,41 @@ async def test_a_refused_connection_is_a_transient_error() -> None:
     ) as client:
         with pytest.raises(TransientError, match="connection failed: ConnectError"):
             await client.run(WHO, {})
+
+
+async def test_cookies_a_server_sets_are_neither_kept_nor_sent() -> None:
+    """The API authenticates with the bearer token alone; a cookie would be per-process state."""
+    requests: list[bytes] = []
+    body = b'{"status": "success", "value": 1}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                break
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            requests.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Set-Cookie: session=abc; Path=/\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with make_http_client() as http:
+            client = ConvexClient(f"http://127.0.0.1:{port}", TokenSource(value="t"), http=http)
+            assert await client.run(WHO, {}) == 1
+            assert await client.run(WHO, {}) == 1
+            assert len(http.cookies) == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(requests) == 2
+    assert all(b"cookie:" not in r.lower() for r in requests)
+    assert all(b"authorization: bearer t" in r.lower() for r in requests)
