@@ -62,6 +62,35 @@ async def test_agent_connections_share_one_certificate_and_each_connects_with_me
         restrict_host_addresses(None)
 
 
+async def test_a_connection_can_be_given_its_own_prepared_certificate() -> None:
+    """As the benchmarks' simulated browsers: one certificate each, its DTLS context made early."""
+    restrict_host_addresses(["127.0.0.1"])
+    tone = PreencodedAudio("tone")
+    certificate = SharedCertificate.generateCertificate().prepare()
+    assert len(certificate._contexts) == 1
+    given = new_peer_connection(RTCConfiguration(iceServers=[]), certificate)
+    remote = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        given.addTrack(tone.track())
+        remote.addTrack(tone.track())
+        await given.setLocalDescription(await given.createOffer())
+        expected = certificate.getFingerprints()[0].value
+        assert _fingerprint(given.localDescription.sdp).lower() == expected.lower()
+        assert dtls.shared_certificate().getFingerprints()[0].value != expected  # not the agent's
+        await remote.setRemoteDescription(given.localDescription)
+        await remote.setLocalDescription(await remote.createAnswer())
+        await given.setRemoteDescription(remote.localDescription)
+        async with asyncio.timeout(15):
+            await poll_until(lambda: _at_least(given, 25))
+            await poll_until(lambda: _at_least(remote, 25))
+        assert len(certificate._contexts) == 1  # the handshake used the prepared context
+    finally:
+        for pc in (given, remote):
+            await pc.close()
+        tone.stop()
+        restrict_host_addresses(None)
+
+
 async def _at_least(pc: RTCPeerConnection, packets: int) -> bool:
     stats = await pc.getStats()
     return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp") >= packets

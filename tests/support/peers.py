@@ -31,6 +31,7 @@ from aiortc.contrib.media import (
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from agent.peer.dtls import SharedCertificate, new_peer_connection
 from agent.peer.receiving import count_only
 
 SIGNALING = "meetings/webrtc/signaling"
@@ -76,6 +77,7 @@ class RemotePeer:
         audio_track: Callable[[], MediaStreamTrack] | None = None,
         decode: bool = True,
         ignore_answers: int = 0,
+        certificate: SharedCertificate | None = None,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -90,6 +92,9 @@ class RemotePeer:
         # False: received media is only counted by the connection (getStats), never decoded
         self.decode = decode
         self._rtp_of_closed = 0  # RTP received by connections already replaced or closed
+        # The DTLS certificate of the first connection (a replacement makes its own, as a
+        # browser's ICE restart needs a new fingerprint); None: aiortc makes one per connection.
+        self._certificate = certificate
         # Drop this many answers, and the connection that offered: as a peer whose offer was
         # answered twice (by an agent that crashed before acknowledging it, then again)
         self.ignore_answers = ignore_answers
@@ -330,7 +335,12 @@ class RemotePeer:
 
     async def _new_pc(self) -> None:
         await self._close_pc()
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        certificate, self._certificate = self._certificate, None
+        configuration = RTCConfiguration(iceServers=[])
+        if certificate is None:
+            pc = RTCPeerConnection(configuration)
+        else:
+            pc = new_peer_connection(configuration, certificate)
         if not self.decode:
             count_only(pc)
         self.pc = pc
