@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from agent.peer.dtls import SharedCertificate, new_peer_connection
 from agent.peer.receiving import count_only
 
 SIGNALING = "meetings/webrtc/signaling"
+_JSON = {"Content-Type": "application/json"}
 
 
 class ApiError(Exception):
@@ -152,17 +154,21 @@ class RemotePeer:
     async def post(self, function: str, args: dict[str, Any]) -> HttpReply:
         """One POST of a Convex function call; raises PeerTransportError without an answer."""
         if self._http is None:
+            # no cookie jar, the body encoded here: a tenth of a simulated browser's request CPU
             self._http = aiohttp.ClientSession(
-                base_url=self.url, headers={"Authorization": f"Bearer {self._token}"}
+                base_url=self.url,
+                headers={"Authorization": f"Bearer {self._token}", **_JSON},
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         try:
             async with self._http.post(
                 f"/api/run/{function}",
-                json={"args": args, "format": "json"},
+                data=json.dumps({"args": args, "format": "json"}).encode(),
                 timeout=aiohttp.ClientTimeout(total=self.request_timeout),
             ) as response:
+                raw = await response.read()
                 try:
-                    body = await response.json(content_type=None)
+                    body = json.loads(raw)
                 except ValueError:
                     body = None
                 return HttpReply(response.status, response.headers.copy(), body)
