@@ -9,8 +9,9 @@ Figures:
 The 1-session case is 10 calls one after another (at random moments); 50 sessions call at once.
 Remote peers trickle their candidates after the offer, 100 ms apart (a browser's STUN gathering).
 The agent runs as `connvo-agent run` does (uvloop, received RTP counted, not decoded); the remote
-peers send a pre-encoded tone and decode nothing, since in a real meeting they would not share the
-agent's CPU.
+peers send a pre-encoded tone and decode nothing, have their DTLS certificate ready before the call
+and apply descriptions as the agent does, since in a real meeting they would not share the agent's
+machine.
 
 - signal latency p50/p99: server insert -> applied by the agent, for signals fetched while the
   agent was negotiating (polling fast); `idle-found` is the latency of signals an idle poll found
