@@ -542,6 +542,17 @@ class PeerSession:
             self.connected.set()
         elif state == "failed" and self.state is PeerState.CONNECTED:
             self._mark_disconnected()
+        elif state == "failed" and self.state is PeerState.NEGOTIATING:
+            # aiortc's "failed" is final for this connection, and one that fails while being set
+            # up (every candidate pair failed) would otherwise wait for the watchdog's
+            # ice_restart_after: offer afresh now, within the same bound on restarts in a row.
+            self._answered_at = None
+            if self._restarts_in_row >= self.settings.max_ice_restarts:
+                self._fail("connection failed while connecting; ICE restarts exhausted")
+            else:
+                log.info("%s: the connection failed while connecting; restarting ICE", self)
+                self._restarts_in_row += 1
+                self.request_offer("failed while connecting", restart=True)
 
     def _mark_disconnected(self) -> None:
         self._disconnected_since = time.monotonic()

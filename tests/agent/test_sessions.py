@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Callable
+from typing import cast
 
 import pytest
+from aioice import stun
 
 from agent.peer.session import PeerState
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
+from tests.support.peers import split_candidates
 from tests.support.waiting import POLL_INTERVAL_S, poll_until
 
 
@@ -55,6 +59,71 @@ async def test_an_answer_not_taken_is_followed_by_an_offer(meeting: Meeting, age
             await alice.connected.wait()
         # the agent offered afresh, and alice answered it
         assert alice.offers_received == 1 and alice.answers == 1
+        await media_both_ways(agent, alice)
+    applied_once(agent)
+
+
+class _RefusedChecks(asyncio.DatagramProtocol):
+    """A remote candidate whose every check is refused: an error response authenticated with the
+    remote's ICE password (aioice drops unauthenticated ones and retransmits for half a minute)."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password.encode()
+        self.refused = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        request = stun.parse_message(data)
+        response = stun.Message(
+            message_method=request.message_method,
+            message_class=stun.Class.ERROR,
+            transaction_id=request.transaction_id,
+        )
+        response.attributes["ERROR-CODE"] = (400, "Bad Request")
+        response.add_message_integrity(self.password)
+        response.add_fingerprint()
+        self.transport.sendto(bytes(response), addr)
+        self.refused += 1
+
+
+async def test_a_connection_that_fails_while_connecting_is_restarted_at_once(
+    meeting: Meeting, agent_factory
+) -> None:
+    """Every candidate pair fails: the remote's only candidate (and end-of-candidates, both sent
+    before its offer) leads to a socket that refuses the checks. The agent offers afresh at once
+    instead of waiting ice_restart_after (20 s here, longer than the test waits)."""
+    agent = await agent_factory(meeting, ice_restart_after=20.0)
+    async with meeting.peer("alice") as alice:
+        bot = meeting.users["bot"]
+        alice.remote_user_id = bot
+        await alice._new_pc()
+        assert alice.pc is not None
+        await alice.pc.setLocalDescription(await alice.pc.createOffer())
+        offer, candidates = split_candidates(alice.pc.localDescription.sdp)
+        password = re.search(r"a=ice-pwd:(\S+)", offer)
+        assert password is not None and len(candidates) == 1
+        transport, refuser = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _RefusedChecks(password.group(1)), local_addr=("127.0.0.1", 0)
+        )
+        try:
+            port = transport.get_extra_info("sockname")[1]
+            candidate = candidates[0]
+            candidate["candidate"] = re.sub(
+                r"127\.0\.0\.1 \d+ typ", f"127.0.0.1 {port} typ", candidate["candidate"]
+            )
+            await alice.send_ice(candidate, bot)
+            await alice.send_ice({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}, bot)
+            await alice.send_sdp("offer", offer, bot)
+            async with asyncio.timeout(TIMEOUT):
+                await alice.connected.wait()
+        finally:
+            transport.close()
+        session = agent.session(alice.session_id)
+        assert refuser.refused >= 1
+        assert alice.offers_received == 1  # the agent's offer, with fresh ICE credentials
+        assert session.stats.ice_restarts == 1
         await media_both_ways(agent, alice)
     applied_once(agent)
 
