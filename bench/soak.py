@@ -159,10 +159,12 @@ async def soak(args: argparse.Namespace) -> int:
     fd_growth = statistics.median(s[2] for s in late) - statistics.median(s[2] for s in early)
     task_growth = statistics.median(s[3] for s in late) - statistics.median(s[3] for s in early)
     ok = growth < 10 and fd_growth <= 0 and task_growth <= 0 and connected == args.sessions
-    print(f"after warm-up ({base[0]:.0f} s -> {end[0]:.0f} s): RSS {base[1]:.1f} -> "
-          f"{end[1]:.1f} MB ({growth:+.1f}%), fds {fd_growth:+.0f}, tasks {task_growth:+.0f} "
-          f"(median of the last third vs the first); {churn.replaced} connection replacements, "
-          f"{churn.disconnected} disconnections; {'targets met' if ok else 'TARGETS MISSED'}")
+    print(
+        f"after warm-up ({base[0]:.0f} s -> {end[0]:.0f} s): RSS {base[1]:.1f} -> "
+        f"{end[1]:.1f} MB ({growth:+.1f}%), fds {fd_growth:+.0f}, tasks {task_growth:+.0f} "
+        f"(median of the last third vs the first); {churn.replaced} connection replacements, "
+        f"{churn.disconnected} disconnections; {'targets met' if ok else 'TARGETS MISSED'}"
+    )
     return 0 if ok else 1
 
 
@@ -174,9 +176,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=120.0, help="seconds before the baseline")
     parser.add_argument("--workers", type=int, default=3, help="processes for the remote peers")
     parser.add_argument("--video", action="store_true", help="test-pattern video both ways too")
-    parser.add_argument(
-        "--decode", action="store_true", help="the agent decodes what it receives"
-    )
+    parser.add_argument("--decode", action="store_true", help="the agent decodes what it receives")
     # as `connvo-agent run` runs: uvloop, start-up objects frozen out of the collector
     sys.exit(run_async(soak(parser.parse_args())))
 

@@ -187,8 +187,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--engine", choices=ENGINES, default="pocketsphinx")
     parser.add_argument("--model", type=Path, help="the engine's model directory")
-    parser.add_argument("--language", default="en-US",
-                        help="the engine's language; ko-* also makes the speech Korean")
+    parser.add_argument(
+        "--language",
+        default="en-US",
+        help="the engine's language; ko-* also makes the speech Korean",
+    )
     parser.add_argument("--no-recorder", action="store_true", help="only the transcriber")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

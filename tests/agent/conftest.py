@@ -77,7 +77,6 @@ class RunningAgent:
     def frames_event(self, remote_session_id: str, kind: str) -> asyncio.Event:
         return self.first_frames.setdefault((remote_session_id, kind), asyncio.Event())
 
-
     async def shutdown(self) -> None:
         self.stop.set()
         await self.task
@@ -124,8 +123,7 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                     counts[track.kind] = counts.get(track.kind, 0) + 1
                     event.set()
 
-        participant = Participant(ConnvoApi(client), settings, local_tracks=tracks,
-                                  on_track=count)
+        participant = Participant(ConnvoApi(client), settings, local_tracks=tracks, on_track=count)
         stop = asyncio.Event()
         task = asyncio.create_task(participant.run(stop))
         agent = RunningAgent(participant, task, stop)

@@ -20,11 +20,25 @@ async def start_agent(meeting: Meeting, tmp_path: Path, *extra: str) -> asyncio.
     token_file = tmp_path / "token"
     token_file.write_text(meeting.tokens["bot"])
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "run",
-        "--url", meeting.server.url, "--token-file", str(token_file),
-        "--meeting", meeting.id, "--state-dir", str(tmp_path / "state"),
-        "--ice-host", "127.0.0.1", "--log-level", "debug", *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "--url",
+        meeting.server.url,
+        "--token-file",
+        str(token_file),
+        "--meeting",
+        meeting.id,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--ice-host",
+        "127.0.0.1",
+        "--log-level",
+        "debug",
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -41,8 +55,9 @@ async def bot_session_states(meeting: Meeting, peer) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Path,
-                                                 signum: int) -> None:
+async def test_run_connects_and_leaves_on_signal(
+    meeting: Meeting, tmp_path: Path, signum: int
+) -> None:
     proc = await start_agent(meeting, tmp_path, "--audio", "tone", "--video", "testsrc")
     try:
         async with meeting.peer("alice") as alice:
@@ -61,8 +76,9 @@ async def test_run_connects_and_leaves_on_signal(meeting: Meeting, tmp_path: Pat
             log = stderr.decode()
             # Closed, reported and left at the backend:
             assert await bot_session_states(meeting, alice) == {}
-            participants = await alice.call("meetings/queries/listMeetingParticipants",
-                                            meetingId=meeting.id)
+            participants = await alice.call(
+                "meetings/queries/listMeetingParticipants", meetingId=meeting.id
+            )
             bot = next(p for p in participants if p["userId"] == meeting.users["bot"])
             assert bot["presence"] == "left"
             assert "left meeting" in log
@@ -82,6 +98,7 @@ async def test_receive_decode_counts_decoded_frames(meeting: Meeting, tmp_path: 
     try:
         async with meeting.peer("alice") as alice:
             await call_agent(meeting, alice)
+
             async def a_second_of_media() -> bool:
                 # media has flowed both ways for a second: the agent has decoded some too
                 return alice.received.audio_frames >= 50

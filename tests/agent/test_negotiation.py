@@ -72,9 +72,7 @@ async def test_offer_without_bundle_gets_a_transport_per_media(
     # BUNDLE group into every answer anyway, so only the transports' ports tell.)
     def unbundled(sdp: str) -> str:
         return "".join(
-            line
-            for line in sdp.splitlines(keepends=True)
-            if not line.startswith("a=group:BUNDLE")
+            line for line in sdp.splitlines(keepends=True) if not line.startswith("a=group:BUNDLE")
         )
 
     agent = await agent_factory(meeting)
@@ -86,14 +84,16 @@ async def test_offer_without_bundle_gets_a_transport_per_media(
         assert len(set(media_ports(answer["data"]["sdp"]))) == 2
 
 
-async def test_trickled_candidate_before_its_offer_in_one_page(devserver_factory,
-                                                                agent_factory) -> None:
+async def test_trickled_candidate_before_its_offer_in_one_page(
+    devserver_factory, agent_factory
+) -> None:
     """The candidate is sent (and, with ordered ids, sorts) before its offer, and both wait in
     the agent's first page: it must buffer the candidate until the offer is applied."""
     meeting = make_meeting(devserver_factory(ids="ordered"))
     async with meeting.peer("alice", video=False) as alice:
-        sent = await alice.offer(meeting.users["bot"], trickle=True, candidates_first=True,
-                                 end_of_candidates=True)
+        sent = await alice.offer(
+            meeting.users["bot"], trickle=True, candidates_first=True, end_of_candidates=True
+        )
         # What the agent's first poll will see: the candidate ahead of its offer, in one page.
         async with httpx.AsyncClient(base_url=meeting.server.url) as http:
             response = await http.post(
@@ -170,7 +170,10 @@ async def test_broadcasts_apply_only_to_existing_sessions(meeting: Meeting, agen
                 await poller.next_change()
         assert bob.session_id not in agent.manager.sessions
         assert agent.session(alice.session_id).state == "connected"
-        outcomes = dict(agent.participant.store._db.execute(
-            "SELECT outcome, COUNT(*) FROM signals GROUP BY outcome").fetchall())
+        outcomes = dict(
+            agent.participant.store._db.execute(
+                "SELECT outcome, COUNT(*) FROM signals GROUP BY outcome"
+            ).fetchall()
+        )
         assert outcomes.get("ignored", 0) >= 1
     applied_once(agent)

@@ -128,8 +128,9 @@ async def test_a_connection_that_fails_while_connecting_is_restarted_at_once(
     applied_once(agent)
 
 
-async def test_a_connection_whose_state_event_is_lost_is_adopted(meeting: Meeting,
-                                                                  agent_factory) -> None:
+async def test_a_connection_whose_state_event_is_lost_is_adopted(
+    meeting: Meeting, agent_factory
+) -> None:
     """The connection comes up but its connectionstatechange never reaches the session (seen once
     with Chromium; injected here by removing the listener): the watchdog finds DTLS connected and
     adopts it, instead of taking the answer as lost and tearing a working connection down."""
@@ -173,15 +174,16 @@ async def test_mesh_of_three_peers(meeting: Meeting, agent_factory) -> None:
             await peer.offer(meeting.users["bot"])
         await asyncio.gather(*(media_both_ways(agent, p) for p in (alice, bob, carol)))
         assert {s.remote_user_id for s in agent.manager.sessions.values()} == {
-            meeting.users["alice"], meeting.users["bob"], meeting.users["carol"]
+            meeting.users["alice"],
+            meeting.users["bob"],
+            meeting.users["carol"],
         }
     applied_once(agent)
 
 
 @pytest.mark.parametrize("generation", [1, 2])
 @pytest.mark.parametrize("ids", ["random", "ordered"])
-async def test_generations_and_id_orders(devserver_factory, agent_factory, generation,
-                                         ids) -> None:
+async def test_generations_and_id_orders(devserver_factory, agent_factory, generation, ids) -> None:
     meeting = make_meeting(devserver_factory(generation=generation, ids=ids))
     agent = await agent_factory(meeting)
     async with meeting.peer("alice") as alice:
@@ -197,8 +199,11 @@ async def test_stale_backlog_generation_1(devserver_factory, agent_factory) -> N
     async with meeting.peer("carol") as ghost:
         for i in range(250):
             await ghost.send_ice(
-                {"candidate": f"candidate:{i} 1 udp 1 127.0.0.1 {10000 + i} typ host",
-                 "sdpMid": "0", "sdpMLineIndex": 0},
+                {
+                    "candidate": f"candidate:{i} 1 udp 1 127.0.0.1 {10000 + i} typ host",
+                    "sdpMid": "0",
+                    "sdpMLineIndex": 0,
+                },
                 meeting.users["bot"],
             )
         await ghost.crash()
@@ -222,16 +227,17 @@ async def test_cancelled_agent_still_leaves(meeting: Meeting, agent_factory) -> 
         with pytest.raises(asyncio.CancelledError):
             await agent.task
         assert session.state == "closed" and session.pc is None
-        active = await alice.call("meetings/webrtc/signaling/getActiveSessions",
-                                  meetingId=meeting.id)
+        active = await alice.call(
+            "meetings/webrtc/signaling/getActiveSessions", meetingId=meeting.id
+        )
         assert all(s["userId"] != meeting.users["bot"] for s in active)
-        people = await alice.call("meetings/queries/listMeetingParticipants",
-                                  meetingId=meeting.id)
+        people = await alice.call("meetings/queries/listMeetingParticipants", meetingId=meeting.id)
         assert next(p for p in people if p["userId"] == meeting.users["bot"])["presence"] == "left"
 
 
-async def test_a_request_held_by_the_backend_does_not_hold_up_leaving(meeting: Meeting,
-                                                                    agent_factory) -> None:
+async def test_a_request_held_by_the_backend_does_not_hold_up_leaving(
+    meeting: Meeting, agent_factory
+) -> None:
     """Stopping while the agent's answer is held 8 s by a slow backend: the session's close
     interrupts that request after a grace second, so the agent still reports, closes its session
     and leaves within its 4 s shutdown budget (before, it gave up leaving)."""
@@ -260,13 +266,13 @@ async def test_a_request_held_by_the_backend_does_not_hold_up_leaving(meeting: M
             server.clear_faults()
         assert session.state == "closed" and session.pc is None
         assert took < 4.0, took
-        people = await alice.call("meetings/queries/listMeetingParticipants",
-                                  meetingId=meeting.id)
+        people = await alice.call("meetings/queries/listMeetingParticipants", meetingId=meeting.id)
         assert next(p for p in people if p["userId"] == meeting.users["bot"])["presence"] == "left"
 
 
-async def test_unanswered_stun_server_does_not_stall_the_answer(devserver_factory,
-                                                                agent_factory) -> None:
+async def test_unanswered_stun_server_does_not_stall_the_answer(
+    devserver_factory, agent_factory
+) -> None:
     """The meeting's ICE servers come from getMeetingConnectionInfo. A STUN server that never
     answers (a closed port on loopback) would hold aioice's gathering for 5 s; the agent caps it."""
     import socket
@@ -304,8 +310,9 @@ async def test_discovery_backs_off_while_nothing_changes(meeting: Meeting, agent
     async with asyncio.timeout(TIMEOUT), asyncio.TaskGroup() as tasks:
         sampler = tasks.create_task(clock.run())
         # alone: gaps of 0.3, 0.6, 1.2, then 2.4 s
-        await agent_factory(meeting, call_everyone=True, discovery_first_interval=first,
-                            discovery_interval=longest)
+        await agent_factory(
+            meeting, call_everyone=True, discovery_first_interval=first, discovery_interval=longest
+        )
         await clock.wait_for(5)
         alone = clock.gaps()[-4:]
         # 8x when doubling, 1x when fixed (a loaded CI machine stretched a 0.2 s gap to 0.58 s)

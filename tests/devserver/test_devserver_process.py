@@ -235,6 +235,9 @@ def test_admin_tokens_issue_working_tokens_and_need_the_key(devserver) -> None:
         assert me["value"]["_id"] == entry["userId"] == devserver.user_id(name)
     denied = httpx.post(f"{devserver.url}/admin/tokens", json={"names": ["x"]})
     assert denied.status_code == 401 and denied.json()["status"] == "error"
-    bad = httpx.post(f"{devserver.url}/admin/tokens", json={"names": ["a@b"]},
-                     headers={"X-Admin-Key": devserver.admin_key})
+    bad = httpx.post(
+        f"{devserver.url}/admin/tokens",
+        json={"names": ["a@b"]},
+        headers={"X-Admin-Key": devserver.admin_key},
+    )
     assert bad.status_code == 400 and bad.json()["errorData"]["code"] == "BAD_ARGS"

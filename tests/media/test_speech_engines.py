@@ -146,8 +146,10 @@ def test_faster_whisper_refuses_what_it_would_download_or_cannot_run(
     partial = tmp_path / "partial"
     shutil.copytree(tiny_model, partial)
     (partial / "tokenizer.json").unlink()
-    assert error(partial) == f"stt_model: {partial} is not a converted faster-whisper model " \
+    assert (
+        error(partial) == f"stt_model: {partial} is not a converted faster-whisper model "
         "(missing tokenizer.json)"
+    )
     # features of the wrong size (a 128-bin large-v3 without its preprocessor_config.json)
     (partial / "tokenizer.json").write_bytes((tiny_model / "tokenizer.json").read_bytes())
     (partial / "preprocessor_config.json").write_text('{"feature_size": 128}')

@@ -56,8 +56,13 @@ def _espeak(text: str, path: Path, voice: str = "en-us") -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
 
 
-def synthesise(directory: Path, sentences: list[str], lead: float = 1.0,
-               pause: float = 1.5, voice: str = "en-us") -> Speech:
+def synthesise(
+    directory: Path,
+    sentences: list[str],
+    lead: float = 1.0,
+    pause: float = 1.5,
+    voice: str = "en-us",
+) -> Speech:
     parts = [np.zeros(int(lead * SPEECH_RATE), dtype=np.int16)]
     spans = []
     t = lead
@@ -99,17 +104,26 @@ def korean_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
 
 @pytest.fixture(scope="session")
 def short_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
-    return synthesise(tmp_path_factory.mktemp("short"), ["good morning everyone."],
-                      lead=0.5, pause=1.0)
+    return synthesise(
+        tmp_path_factory.mktemp("short"), ["good morning everyone."], lead=0.5, pause=1.0
+    )
 
 
-def participant_settings(meeting: Meeting, state_dir: Path,
-                         role: Literal["recorder", "transcriber"] = "recorder",
-                         ) -> ParticipantSettings:
+def participant_settings(
+    meeting: Meeting,
+    state_dir: Path,
+    role: Literal["recorder", "transcriber"] = "recorder",
+) -> ParticipantSettings:
     """What `connvo-agent run --role ROLE` would use, from the same settings mapping."""
-    settings = AgentSettings(url=meeting.server.url, token=meeting.tokens["bot"],
-                             meeting=meeting.id, role=role,
-                             state_dir=state_dir, poll_idle_interval=0.2, discovery_interval=2.0)
+    settings = AgentSettings(
+        url=meeting.server.url,
+        token=meeting.tokens["bot"],
+        meeting=meeting.id,
+        role=role,
+        state_dir=state_dir,
+        poll_idle_interval=0.2,
+        discovery_interval=2.0,
+    )
     return role_participant_settings(settings)
 
 
@@ -118,8 +132,11 @@ async def clients() -> AsyncIterator[Any]:
     made: list[ConvexClient] = []
 
     def make(meeting: Meeting, name: str = "bot", attempts: int = 6) -> ConnvoApi:
-        client = ConvexClient(meeting.server.url, TokenSource(value=meeting.tokens[name]),
-                              retry=RetryPolicy(max_attempts=attempts))
+        client = ConvexClient(
+            meeting.server.url,
+            TokenSource(value=meeting.tokens[name]),
+            retry=RetryPolicy(max_attempts=attempts),
+        )
         made.append(client)
         return ConnvoApi(client)
 

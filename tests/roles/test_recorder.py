@@ -109,8 +109,11 @@ async def test_records_speech_renegotiation_rejoin_and_shutdown(
 
 
 async def test_unwritable_output_fails_one_recording_only(
-    meeting: Any, clients: Any, tmp_path: Path, short_speech: Speech,
-    caplog: pytest.LogCaptureFixture
+    meeting: Any,
+    clients: Any,
+    tmp_path: Path,
+    short_speech: Speech,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     out = tmp_path / "out"
     # alice's recordings cannot be created: her directory's name is taken by a file
@@ -152,8 +155,9 @@ def test_full_disk_is_one_clear_error() -> None:
     writer = TrackWriter(Path("/dev/full"), "audio")
     with pytest.raises(RecordingError, match=r"/dev/full: No space left on device"):
         for _ in range(200):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1920), dtype=np.int16),
-                                               format="s16", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1920), dtype=np.int16), format="s16", layout="stereo"
+            )
             frame.sample_rate = 48_000
             writer.write(frame)
         writer.close()

@@ -46,8 +46,13 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> SttEngine:
     return create_engine("faster-whisper", model, "ko-KR")
 
 
-def make(meeting: Any, clients: Any, tmp_path: Path, engine: SttEngine | None = None,
-         language: str = "en-US") -> Transcriber:
+def make(
+    meeting: Any,
+    clients: Any,
+    tmp_path: Path,
+    engine: SttEngine | None = None,
+    language: str = "en-US",
+) -> Transcriber:
     return Transcriber(
         clients(meeting),
         participant_settings(meeting, tmp_path / "state", "transcriber"),
@@ -58,7 +63,11 @@ def make(meeting: Any, clients: Any, tmp_path: Path, engine: SttEngine | None = 
 
 
 async def transcribe_played(
-    meeting: Any, clients: Any, tmp_path: Path, speech: Speech, engine: SttEngine | None = None,
+    meeting: Any,
+    clients: Any,
+    tmp_path: Path,
+    speech: Speech,
+    engine: SttEngine | None = None,
     language: str = "en-US",
 ) -> list[dict[str, Any]]:
     """Alice plays `speech` to a transcriber; returns the chunks the backend stored, checked
@@ -76,9 +85,7 @@ async def transcribe_played(
             played_from = time.time() * 1000
             await track_ended(alice.pc.getSenders()[0].track)
             played_to = time.time() * 1000
-            rows = await poll_until(
-                lambda: _at_least(meeting, len(speech.sentences))
-            )
+            rows = await poll_until(lambda: _at_least(meeting, len(speech.sentences)))
         await finish(task, stop)
 
     assert len(rows) == len(speech.sentences), rows
@@ -119,8 +126,7 @@ async def test_vosk_transcribes_korean_speech(
 ) -> None:
     # espeak-ng's Korean is far from natural speech and the model is Vosk's small one: the words
     # come out mostly wrong, but each sentence is one Korean text.
-    rows = await transcribe_played(meeting, clients, tmp_path, korean_speech, vosk_korean,
-                                   "ko-KR")
+    rows = await transcribe_played(meeting, clients, tmp_path, korean_speech, vosk_korean, "ko-KR")
     for row in rows:
         assert HANGUL.search(row["text"]), row["text"]
 
@@ -161,8 +167,7 @@ async def test_outbox_survives_failures_and_restart_without_duplicates(
 
     # A restart with half the requests rate limited (429 + Retry-After): everything is posted,
     # each chunk exactly once, without any new audio.
-    meeting.server.set_faults(rate_limit_rate=0.5, retry_after_s=1, seed=7,
-                              functions=[INGEST])
+    meeting.server.set_faults(rate_limit_rate=0.5, retry_after_s=1, seed=7, functions=[INGEST])
     restarted = make(meeting, clients, tmp_path)
     task, stop = await start(restarted)
     async with asyncio.timeout(60):

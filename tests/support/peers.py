@@ -125,8 +125,9 @@ class RemotePeer:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> RemotePeer:
-        await self.call(f"{SIGNALING}/createWebRTCSession", meetingId=self.meeting_id,
-                        sessionId=self.session_id)
+        await self.call(
+            f"{SIGNALING}/createWebRTCSession", meetingId=self.meeting_id, sessionId=self.session_id
+        )
         self._poll_task = asyncio.create_task(self._poll_loop())
         return self
 
@@ -141,8 +142,11 @@ class RemotePeer:
             self._poll_task = None
         if close_session:
             with contextlib.suppress(Exception):
-                await self.call(f"{SIGNALING}/closeSession", meetingId=self.meeting_id,
-                                sessionId=self.session_id)
+                await self.call(
+                    f"{SIGNALING}/closeSession",
+                    meetingId=self.meeting_id,
+                    sessionId=self.session_id,
+                )
         await self._close_pc()
         if self._http is not None:
             await self._http.close()
@@ -189,8 +193,11 @@ class RemotePeer:
         self._wake.set()
 
     async def send_sdp(self, kind: str, sdp: str, target: str | None) -> None:
-        args: dict[str, Any] = {"meetingId": self.meeting_id, "sessionId": self.session_id,
-                                "description": {"type": kind, "sdp": sdp}}
+        args: dict[str, Any] = {
+            "meetingId": self.meeting_id,
+            "sessionId": self.session_id,
+            "description": {"type": kind, "sdp": sdp},
+        }
         if target is not None:
             args["targetUserId"] = target
         await self.call(f"{SIGNALING}/exchangeSessionDescription", **args)
@@ -198,8 +205,11 @@ class RemotePeer:
             self._expect_reply()
 
     async def send_ice(self, candidate: dict[str, Any], target: str | None) -> None:
-        args: dict[str, Any] = {"meetingId": self.meeting_id, "sessionId": self.session_id,
-                                "candidate": candidate}
+        args: dict[str, Any] = {
+            "meetingId": self.meeting_id,
+            "sessionId": self.session_id,
+            "candidate": candidate,
+        }
         if target is not None:
             args["targetUserId"] = target
         await self.call(f"{SIGNALING}/exchangeICECandidate", **args)
@@ -250,8 +260,9 @@ class RemotePeer:
                 if duplicate:
                     await self.send_ice(c, target_user_id)
         if end_of_candidates:
-            await self.send_ice({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0},
-                                target_user_id)
+            await self.send_ice(
+                {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}, target_user_id
+            )
         return copies * (1 + len(candidates)) + (1 if end_of_candidates else 0)
 
     async def add_video(self) -> None:
@@ -275,8 +286,7 @@ class RemotePeer:
     async def _poll_loop(self) -> None:
         while True:
             try:
-                page = await self.call(f"{SIGNALING}/getPendingSignals",
-                                       meetingId=self.meeting_id)
+                page = await self.call(f"{SIGNALING}/getPendingSignals", meetingId=self.meeting_id)
             except (ApiError, PeerTransportError):
                 page = []
             ids = []
@@ -334,8 +344,7 @@ class RemotePeer:
                 await self._close_pc()
                 return
             if self.pc is not None and self.pc.signalingState == "have-local-offer":
-                await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"],
-                                                                         data["type"]))
+                await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], data["type"]))
 
     # --- the connection ----------------------------------------------------------------------
 
@@ -420,11 +429,16 @@ def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
             mline += 1
             mid = None
         elif line.startswith("a=mid:"):
-            mid = line[len("a=mid:"):]
+            mid = line[len("a=mid:") :]
         m = _CANDIDATE.match(line)
         if m:
-            candidates.append({"candidate": f"candidate:{m.group(1)}", "sdpMLineIndex": mline,
-                               "sdpMid": mid or str(mline)})
+            candidates.append(
+                {
+                    "candidate": f"candidate:{m.group(1)}",
+                    "sdpMLineIndex": mline,
+                    "sdpMid": mid or str(mline),
+                }
+            )
             continue
         if line.startswith("a=end-of-candidates"):
             continue

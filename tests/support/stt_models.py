@@ -170,8 +170,13 @@ def build_tiny_whisper(directory: Path, seed: int = 0) -> Path:
     _write_tokenizer(tokens, directory / "tokenizer.json")
     (directory / "preprocessor_config.json").write_text(
         json.dumps(
-            {"feature_size": N_MELS, "sampling_rate": 16_000, "hop_length": 160,
-             "chunk_length": 30, "n_fft": 400}
+            {
+                "feature_size": N_MELS,
+                "sampling_rate": 16_000,
+                "hop_length": 160,
+                "chunk_length": 30,
+                "n_fft": 400,
+            }
         )
     )
     return directory
