@@ -547,12 +547,8 @@ class PeerSession:
             # up (every candidate pair failed) would otherwise wait for the watchdog's
             # ice_restart_after: offer afresh now, within the same bound on restarts in a row.
             self._answered_at = None
-            if self._restarts_in_row >= self.settings.max_ice_restarts:
-                self._fail("connection failed while connecting; ICE restarts exhausted")
-            else:
-                log.info("%s: the connection failed while connecting; restarting ICE", self)
-                self._restarts_in_row += 1
-                self.request_offer("failed while connecting", restart=True)
+            log.info("%s: the connection failed while connecting", self)
+            self._restart_ice("failed while connecting")
 
     def _mark_disconnected(self) -> None:
         self._disconnected_since = time.monotonic()
@@ -599,15 +595,19 @@ class PeerSession:
             elif self.state is PeerState.DISCONNECTED:
                 assert self._disconnected_since is not None
                 if now - self._disconnected_since >= self.settings.ice_restart_after:
-                    if self._restarts_in_row >= self.settings.max_ice_restarts:
-                        self._fail("ICE restarts exhausted")
-                    else:
-                        self._restarts_in_row += 1
-                        self._disconnected_since = now
-                        # Negotiating again: the session timeout bounds the restart.
-                        self.negotiation_started_at = now
-                        self._set_state(PeerState.NEGOTIATING)
-                        self.request_offer("ice restart", restart=True)
+                    self._disconnected_since = now
+                    # Negotiating again: the session timeout bounds the restart.
+                    self.negotiation_started_at = now
+                    self._restart_ice("ice restart")
+
+    def _restart_ice(self, reason: str) -> None:
+        """Offer afresh with new ICE credentials, at most max_ice_restarts times in a row."""
+        if self._restarts_in_row >= self.settings.max_ice_restarts:
+            self._fail(f"ICE restarts exhausted ({reason})")
+            return
+        self._restarts_in_row += 1
+        self._set_state(PeerState.NEGOTIATING)
+        self.request_offer(reason, restart=True)
 
     async def _check_liveness(self, now: float) -> None:
         pc = self.pc
