@@ -114,6 +114,7 @@ class AgentSettings(BaseSettings):
     discovery_interval: Seconds = 10.0
     request_timeout: Seconds = 10.0
     max_retries: int = Field(default=6, ge=0, le=100)
+    max_requests_in_flight: int = Field(default=6, ge=1, le=100)
     duration: Seconds | None = None
 
     @model_validator(mode="after")

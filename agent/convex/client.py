@@ -8,6 +8,8 @@ have succeeded the first time; the layers above tolerate duplicated signals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -15,6 +17,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,12 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 AUTH_CODES = frozenset({"UNAUTHENTICATED"})
+# Requests one identity has on the wire at once, as a browser keeps at most six connections to one
+# origin. Fifty answers at once then queue briefly for kept-alive connections instead of opening
+# fifty new ones: a loaded server accepts and reads a new connection turns of its event loop later
+# (the dev backend under a 50-offer burst: 120-330 ms for a new connection's first request against
+# 10-30 ms on a kept-alive one), and a real backend costs a TLS handshake per new connection.
+MAX_IN_FLIGHT = 6
 
 # (function, outcome, seconds) for metrics; outcome is "ok", "function_error", "auth_error",
 # "transient" or "protocol_error".
@@ -118,7 +127,10 @@ class ConvexClient:
         verify: bool | str = True,
         retry: RetryPolicy | None = None,
         observer: RequestObserver | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.url = url.rstrip("/")
         self._token = token
         self._own_http = http is None
@@ -127,6 +139,9 @@ class ConvexClient:
         self._observer = observer
         self.request_counts: Counter[str] = Counter()
         self._urls: dict[str, httpx.URL] = {}  # parsed once per function, not on every call
+        # Held for one attempt's exchange, never across a retry's backoff. A queued request waits
+        # for at most the timeouts of the requests ahead of it.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def __aenter__(self) -> ConvexClient:
         return self
@@ -141,22 +156,27 @@ class ConvexClient:
     def __repr__(self) -> str:
         return f"ConvexClient(url={self.url!r})"
 
-    async def run(self, function: str, args: Mapping[str, Any]) -> Any:
+    async def run(self, function: str, args: Mapping[str, Any], *, queued: bool = True) -> Any:
         """Run `function` (e.g. "meetings/webrtc/signaling/getPendingSignals") and return its value.
 
+        `queued=False` skips the in-flight limit: for a caller that never has more than one request
+        on the wire itself (the signal poller), whose request must not wait behind a burst.
         Raises FunctionError, AuthError, ProtocolError, or TransientError once retries are spent.
         """
         body = json.dumps({"args": dict(args), "format": "json"}).encode()
+        slot = self._in_flight if queued else contextlib.nullcontext()
         try:
-            return await self._run_with_retries(function, body)
+            return await self._run_with_retries(function, body, slot)
         except AuthError:
             # A rotated token file: one more try with the fresh token.
             if not self._token.refresh():
                 raise
             log.info("token file changed after an auth error; retrying %s", function)
-            return await self._run_with_retries(function, body)
+            return await self._run_with_retries(function, body, slot)
 
-    async def _run_with_retries(self, function: str, body: bytes) -> Any:
+    async def _run_with_retries(
+        self, function: str, body: bytes, slot: AbstractAsyncContextManager[Any]
+    ) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.max_attempts),
             wait=self._wait,
@@ -166,7 +186,7 @@ class ConvexClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(function, body)
+                return await self._attempt(function, body, slot)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -183,12 +203,14 @@ class ConvexClient:
         exc = state.outcome.exception() if state.outcome else None
         log.debug("retrying after attempt %d: %s", state.attempt_number, exc)
 
-    async def _attempt(self, function: str, body: bytes) -> Any:
+    async def _attempt(
+        self, function: str, body: bytes, slot: AbstractAsyncContextManager[Any]
+    ) -> Any:
         self.request_counts[function] += 1
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await self._send(function, body)
+            return await self._send(function, body, slot)
         except FunctionError:
             outcome = "function_error"
             raise
@@ -205,19 +227,22 @@ class ConvexClient:
             if self._observer is not None:
                 self._observer(function, outcome, time.perf_counter() - started)
 
-    async def _send(self, function: str, body: bytes) -> Any:
+    async def _send(
+        self, function: str, body: bytes, slot: AbstractAsyncContextManager[Any]
+    ) -> Any:
         url = self._urls.get(function)
         if url is None:
             url = self._urls[function] = httpx.URL(f"{self.url}/api/run/{function}")
         try:
-            response = await self._http.post(
-                url,
-                content=body,
-                headers={
-                    "Authorization": f"Bearer {self._token.current}",
-                    "Content-Type": "application/json",
-                },
-            )
+            async with slot:
+                response = await self._http.post(
+                    url,
+                    content=body,
+                    headers={
+                        "Authorization": f"Bearer {self._token.current}",
+                        "Content-Type": "application/json",
+                    },
+                )
         except httpx.TimeoutException:
             raise TransientError(function, "request timed out") from None
         except httpx.ConnectError as exc:

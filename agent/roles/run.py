@@ -59,6 +59,7 @@ async def _build(
             verify=str(settings.ca_bundle) if settings.ca_bundle else True,
             retry=RetryPolicy(max_attempts=attempts),
             observer=metrics.request,
+            max_in_flight=settings.max_requests_in_flight,
         )
         resources.push_async_callback(convex.aclose)
         return convex

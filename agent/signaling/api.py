@@ -21,8 +21,12 @@ class ConnvoApi:
     def __init__(self, client: ConvexClient) -> None:
         self.client = client
 
-    async def _call(self, function: str, args: BaseModel, result: type[T] | Any) -> T:
-        value = await self.client.run(function, args.model_dump(exclude_none=True, by_alias=True))
+    async def _call(
+        self, function: str, args: BaseModel, result: type[T] | Any, *, queued: bool = True
+    ) -> T:
+        value = await self.client.run(
+            function, args.model_dump(exclude_none=True, by_alias=True), queued=queued
+        )
         if result is None:
             return None  # type: ignore[return-value]
         try:
@@ -86,6 +90,7 @@ class ConnvoApi:
             m.GetPendingSignalsArgs(meetingId=meeting_id, lastSignalId=last_signal_id).model_dump(
                 exclude_none=True
             ),
+            queued=False,  # one poll at a time per identity; a fetch never waits behind sends
         )
         if not isinstance(value, list):
             raise ProtocolError(f"{SIGNALING}/getPendingSignals", "page is not a list", 200)
@@ -96,6 +101,7 @@ class ConnvoApi:
             f"{SIGNALING}/markSignalsProcessed",
             m.MarkSignalsProcessedArgs(signalIds=signal_ids),
             None,
+            queued=False,  # one batch at a time, and the next poll waits for it
         )
 
     async def update_session_state(

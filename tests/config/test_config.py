@@ -97,6 +97,10 @@ def one_line_error(config_file: Path | None, overrides: dict[str, object]) -> st
         ("role = 'dj'", "config: role: Input should be 'bot', 'recorder' or 'transcriber'"),
         ("log_level = 'loud'", "config: log_level: Input should be"),
         ("max_retries = -1", "config: max_retries: Input should be greater than or equal to 0"),
+        (
+            "max_requests_in_flight = 0",
+            "config: max_requests_in_flight: Input should be greater than or equal to 1",
+        ),
         ("poll_fast_interval = 5.0", "config: poll_fast_interval: must not exceed"),
         ("url = 'ftp://x'", "config: url: "),
     ],

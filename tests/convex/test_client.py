@@ -142,6 +142,39 @@ async def test_requests_in_flight_get_connections_and_later_calls_reuse_them(
     assert established_to(port) == 0  # closing the client closes them
 
 
+async def test_one_identity_has_at_most_six_queued_requests_on_the_wire(devserver: Any) -> None:
+    """A burst of one identity's calls queues for kept-alive connections instead of opening one
+    connection per call (a loaded server is slow to take up a new connection)."""
+    port = httpx.URL(devserver.url).port
+    assert port is not None and established_to(port) == 0
+    devserver.set_faults(latency_ms=200, functions=[WHO])  # so that the calls overlap
+    async with make_http_client(max_connections=100) as http:
+        client = ConvexClient(devserver.url, TokenSource(value=devserver.token("ann")), http=http)
+        devserver.reset_stats()
+        async with asyncio.timeout(20):
+            results = await asyncio.gather(*(client.run(WHO, {}) for _ in range(20)))
+        assert len(results) == 20 and calls(devserver) == 20
+        # the connections a burst opened stay open (kept alive): six, not twenty
+        assert established_to(port) == 6
+        narrow = ConvexClient(
+            devserver.url, TokenSource(value=devserver.token("bob")), http=http, max_in_flight=1
+        )
+        done: dict[str, float] = {}
+
+        async def call(name: str, queued: bool = True) -> None:
+            await narrow.run(WHO, {}, queued=queued)
+            done[name] = time.monotonic()
+
+        started = time.monotonic()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(call(f"queued {i}") for i in range(3)), call("poll", False))
+        # one after another, though started at once; the unqueued call (a poll) waits for none
+        assert done["queued 2"] - started >= 3 * 0.2
+        assert done["poll"] < done["queued 1"] < done["queued 2"]
+    with pytest.raises(ValueError, match="max_in_flight"):
+        ConvexClient(devserver.url, TokenSource(value="t"), max_in_flight=0)
+
+
 @pytest.mark.parametrize(
     "reply",
     [
