@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # How long a closed session's id is remembered, so its late signals are ignored, not reopened.
 CLOSED_MEMORY_S = 600.0
-# A session opened by a lone early candidate that never sees its offer is dropped after this.
+# A session opened by a lone early candidate whose offer is not at the backend is dropped after
+# this, once a poll has seen everything pending (behind a backlog the offer may be hidden).
 ORPHAN_TIMEOUT_S = 10.0
 
 
@@ -80,6 +81,9 @@ class SessionManager:
         self._on_state = on_state
         self._handled: Callable[[Signal, str], None] = lambda signal, outcome: None
         self._kick: Callable[[], None] = lambda: None
+        self._whole_views: Callable[[], int] = lambda: 0
+        # sessions opened by a candidate, no description yet -> whole views when opened
+        self._awaiting_offer: dict[str, int] = {}
         self._closed: dict[str, float] = {}  # remote session id -> when it closed
         self._seen_active: set[str] = set()
         self._negotiation_gate = asyncio.Semaphore(settings.concurrent_negotiations)
@@ -89,9 +93,16 @@ class SessionManager:
         self.ready = asyncio.Event()
         self._opened = asyncio.Event()  # set and replaced whenever a session opens
 
-    def bind_poller(self, handled: Callable[[Signal, str], None], kick: Callable[[], None]) -> None:
+    def bind_poller(
+        self,
+        handled: Callable[[Signal, str], None],
+        kick: Callable[[], None],
+        whole_views: Callable[[], int] | None = None,
+    ) -> None:
         self._handled = handled
         self._kick = kick
+        if whole_views is not None:
+            self._whole_views = whole_views
 
     # --- SessionHooks (called by sessions) ---------------------------------------------------
 
@@ -129,6 +140,8 @@ class SessionManager:
             if signal.fromUserId != session.remote_user_id:
                 self._reject(signal, "sender is not the session's remote user")
                 return
+            if signal.type == "sdp":
+                self._awaiting_offer.pop(signal.sessionId, None)
             session.deliver(signal)
             return
         if signal.fromUserId == self.local.user_id:
@@ -147,6 +160,8 @@ class SessionManager:
         session = self._open(signal.sessionId, signal.fromUserId)
         if signal.type == "sdp":
             self._replace_older_sessions(session)
+        else:
+            self._awaiting_offer[signal.sessionId] = self._whole_views()
         session.deliver(signal)
 
     # --- running -----------------------------------------------------------------------------
@@ -244,10 +259,14 @@ class SessionManager:
                     self._tasks.create_task(session.close("remote left"))
         self._seen_active = present
         now = time.monotonic()
-        for session in list(self.sessions.values()):
-            if session.pc is None and now - session.created_at > ORPHAN_TIMEOUT_S:
+        for session_id, views in list(self._awaiting_offer.items()):
+            session = self.sessions.get(session_id)
+            if session is None:
+                del self._awaiting_offer[session_id]
+            elif now - session.created_at > ORPHAN_TIMEOUT_S and self._whole_views() > views:
+                del self._awaiting_offer[session_id]
                 assert self._tasks is not None
-                self._tasks.create_task(session.close("no offer arrived"))
+                self._tasks.create_task(self._drop_orphan(session))
         if self.settings.call_everyone:
             wanted = self.settings.call_filter or (lambda remote: True)
             for remote in _newest_per_user([a for a in others if wanted(a)]):
@@ -255,6 +274,13 @@ class SessionManager:
                 if remote.userId not in known and remote.sessionId not in self._closed:
                     self.call(remote.sessionId, remote.userId)
         return changed
+
+    async def _drop_orphan(self, session: PeerSession) -> None:
+        log.info("%s: no offer for its candidates; dropped", session)
+        await session.close("no offer arrived")
+        # Not remembered as closed: should its offer come after all (a sender retrying for long),
+        # it opens a fresh session rather than being ignored.
+        self._closed.pop(session.remote_session_id, None)
 
     def _forget_old_closed(self) -> None:
         cutoff = time.monotonic() - CLOSED_MEMORY_S

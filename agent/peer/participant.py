@@ -144,7 +144,8 @@ class Participant:
             recent_window=s.poll_recent_window,
             observer=self._observer,
         )
-        self.manager.bind_poller(self.poller.handled, self.poller.kick)
+        poller = self.poller
+        self.manager.bind_poller(poller.handled, poller.kick, lambda: poller.whole_views)
         log.info("joined meeting %s as user %s, session %s", s.meeting_id, user.id, session_id)
 
     async def _serve(self, stop: asyncio.Event) -> None:

@@ -143,6 +143,10 @@ class SignalPoller:
         self._last_activity = -1e9
         self._interval = fast_interval
         self._cursor: str | None = store.get_meta(CURSOR_KEY)
+        # Polls that returned every signal pending at the backend: a short page from the start
+        # (both generations then hold fewer than a page in all). A signal pending when such a
+        # poll was made was delivered by it; while a backlog keeps pages full there are none.
+        self.whole_views = 0
 
     # --- called by the owner and the sessions ------------------------------------------------
 
@@ -257,10 +261,13 @@ class SignalPoller:
         active = self._interval <= self.fast_interval
         for _ in range(MAX_PAGES_PER_CYCLE):
             started = time.perf_counter()
+            from_start = self._cursor is None
             page = await self.api.get_pending_signals(self.meeting_id, last_signal_id=self._cursor)
             self.observer.polled(time.perf_counter() - started)
             self.stats.polls += 1
             full = len(page) >= PAGE_SIZE
+            if from_start and not full:
+                self.whole_views += 1
             page_ids = [row["_id"] for row in page if _has_id(row)]
             for row in page:
                 self._take(row, batch, rows)

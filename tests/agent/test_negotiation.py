@@ -7,8 +7,10 @@ import re
 
 import httpx
 
+import agent.peer.manager as manager_module
 from agent.peer.ice import bundles_all_media
-from tests.agent.conftest import Meeting, make_meeting
+from tests.agent.conftest import PEOPLE, Meeting, make_meeting
+from tests.faults.helpers import send_stale_backlog
 from tests.support.peers import RemotePeer
 
 TIMEOUT = 15.0
@@ -176,4 +178,56 @@ async def test_broadcasts_apply_only_to_existing_sessions(meeting: Meeting, agen
             ).fetchall()
         )
         assert outcomes.get("ignored", 0) >= 1
+    applied_once(agent)
+
+
+async def test_an_early_candidate_waits_for_its_offer_behind_a_backlog(
+    devserver_factory, agent_factory, monkeypatch
+) -> None:
+    """A candidate whose offer is hidden behind a backlog (pages stay full while acknowledgements
+    fail) keeps its session however long that lasts; a session whose offer is nowhere (a poll saw
+    everything pending) is dropped, and a late offer then opens a fresh one."""
+    monkeypatch.setattr(manager_module, "ORPHAN_TIMEOUT_S", 0.0)
+    server = devserver_factory()
+    meeting = make_meeting(server, [*PEOPLE, "ghost"])
+    bot = meeting.users["bot"]
+    server.set_faults(ack_fail_rate=1.0, ack_fail_mode="before")
+    await send_stale_backlog(server.url, meeting.tokens["ghost"], meeting.id, bot, 60)
+    agent = await agent_factory(meeting, discovery_interval=60.0)
+    manager, poller = agent.manager, agent.participant.poller
+    async with meeting.peer("alice", video=False) as alice:
+        offer, candidates = await alice.prepare_trickled_offer(bot)
+        await alice.send_ice(candidates[0], bot)
+        async with asyncio.timeout(TIMEOUT):
+            await manager.wait_session(alice.session_id)
+            views = poller.whole_views
+            await poller.next_poll()
+            await poller.next_poll()
+        assert poller.whole_views == views  # 60 unacknowledged signals: every first page full
+        await manager.discover_once()
+        assert alice.session_id in manager.sessions  # kept: its offer may be behind the backlog
+        await alice.send_sdp("offer", offer, bot)
+        server.clear_faults()
+        async with asyncio.timeout(TIMEOUT):
+            await alice.connected.wait()
+            await agent.frames_event(alice.session_id, "audio").wait()
+        assert agent.session(alice.session_id).state == "connected"
+
+    async with meeting.peer("bob", video=False) as bob:
+        offer, candidates = await bob.prepare_trickled_offer(bot)
+        await bob.send_ice(candidates[0], bot)
+        async with asyncio.timeout(TIMEOUT):
+            orphan = await manager.wait_session(bob.session_id)
+            views = poller.whole_views
+            while poller.whole_views == views:  # a poll that saw everything pending
+                await poller.next_poll()
+        await manager.discover_once()
+        async with asyncio.timeout(TIMEOUT):
+            await orphan.closed.wait()
+        assert orphan.close_reason == "no offer arrived"
+        await bob.send_sdp("offer", offer, bot)  # late after all: a fresh session answers it
+        async with asyncio.timeout(TIMEOUT):
+            await bob.connected.wait()
+            await agent.frames_event(bob.session_id, "audio").wait()
+        assert agent.session(bob.session_id) is not orphan
     applied_once(agent)

@@ -265,6 +265,15 @@ class RemotePeer:
             )
         return copies * (1 + len(candidates)) + (1 if end_of_candidates else 0)
 
+    async def prepare_trickled_offer(self, target_user_id: str) -> tuple[str, list[dict[str, Any]]]:
+        """A fresh connection's offer, not sent: its SDP without candidates, and the candidates
+        as trickle payloads (send them with `send_ice`, the offer with `send_sdp`)."""
+        self.remote_user_id = target_user_id
+        await self._new_pc()
+        assert self.pc is not None
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return split_candidates(self.pc.localDescription.sdp)
+
     async def add_video(self) -> None:
         """Renegotiate: add a video track to a running connection and re-offer."""
         assert self.pc is not None and self.remote_user_id is not None
