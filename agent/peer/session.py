@@ -183,6 +183,7 @@ class PeerSession:
         # every access, and every candidate needs to know.
         self._remote_sdp: str | None = None
         self._remote_ufrags: tuple[str, ...] = ()
+        self._candidates_ended = False  # the remote's end-of-candidates reached this connection
         self._last_rx = -1
         self._last_rx_at = time.monotonic()
         self._disconnected_since: float | None = None
@@ -360,30 +361,36 @@ class PeerSession:
         if key in self._seen_candidates:
             return "ignored"
         self._seen_candidates.add(key)
-        if payload.candidate.strip() and not payload.candidate.strip().endswith(".local"):
+        if not payload.ends_candidates and not payload.candidate.strip().endswith(".local"):
             parse_candidate(payload)  # reject junk now, not when it is flushed later
         if self.pc is None or self._remote_sdp is None:
             self._pending_candidates.append(payload)
             return "applied"
-        await self._add_candidate(payload)
-        return "applied"
+        return "applied" if await self._add_candidate(payload) else "ignored"
 
-    async def _add_candidate(self, payload: IceCandidate) -> None:
+    async def _add_candidate(self, payload: IceCandidate) -> bool:
+        """Hands a candidate to ICE; False when it was left out (and why is logged)."""
         pc = self.pc
         assert pc is not None and self._remote_sdp is not None
         ufrags = self._remote_ufrags
         if payload.usernameFragment and ufrags and payload.usernameFragment not in ufrags:
             log.debug("%s: candidate of another ICE generation ignored", self)
-            return
-        if not payload.candidate.strip():
-            await pc.addIceCandidate(None)  # end-of-candidates
-            return
+            return False
+        if self._candidates_ended:
+            # ICE takes nothing after end-of-candidates (aiortc drops it silently): say so.
+            log.info("%s: candidate after end-of-candidates ignored: %r", self, payload.candidate)
+            return False
+        if payload.ends_candidates:
+            self._candidates_ended = True
+            await pc.addIceCandidate(None)
+            return True
         try:
             candidate = parse_candidate(payload)
         except CandidateError as exc:
             log.debug("%s: candidate skipped: %s", self, exc)
-            return
+            return False
         await pc.addIceCandidate(candidate)
+        return True
 
     async def _flush_candidates(self) -> None:
         pending, self._pending_candidates = self._pending_candidates, []
@@ -485,6 +492,7 @@ class PeerSession:
         self._remote_sdp = None
         self._remote_ufrags = ()
         self._seen_candidates.clear()
+        self._candidates_ended = False
         self._last_rx = -1
         self._last_rx_at = time.monotonic()
 

@@ -101,6 +101,11 @@ class IceCandidate(_Args):
     sdpMid: str | None = Field(default=None, max_length=64)
     usernameFragment: str | None = Field(default=None, max_length=256)
 
+    @property
+    def ends_candidates(self) -> bool:
+        """The end-of-candidates marker (an empty candidate line)."""
+        return not self.candidate.strip()
+
 
 class Signal(BaseModel):
     """One row of `getPendingSignals`: `sessionId` is the sender's session."""

@@ -81,10 +81,17 @@ class _NoObserver:
         pass
 
 
-def send_order(signal: Signal) -> tuple[float, int, str]:
-    # Send order is the server timestamp. Ties are common (ms resolution); a description before a
-    # candidate is the order a sender produces them in, and the id makes the order total.
-    return (signal.timestamp, 0 if signal.type == "sdp" else 1, signal.id)
+def send_order(signal: Signal) -> tuple[float, int]:
+    """Key for a stable sort into send order: the server timestamp first.
+
+    Ties are common (millisecond resolution). They are broken the way a sender produces signals: a
+    description, then its candidates, then the end-of-candidates marker (ICE drops a candidate
+    that comes after the marker). Other ties keep the order fetched: generation 1 pages are in
+    insertion order, while generation 2's random ids carry no order at all.
+    """
+    if signal.type == "sdp":
+        return (signal.timestamp, 0)
+    return (signal.timestamp, 2 if signal.candidate.ends_candidates else 1)
 
 
 @dataclass

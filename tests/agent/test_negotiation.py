@@ -181,6 +181,38 @@ async def test_broadcasts_apply_only_to_existing_sessions(meeting: Meeting, agen
     applied_once(agent)
 
 
+async def test_candidates_after_end_of_candidates_are_ignored(
+    meeting: Meeting, agent_factory
+) -> None:
+    """ICE takes nothing after end-of-candidates (aiortc drops it silently): such a candidate, and
+    a second marker, are recorded as ignored, not as applied."""
+    agent = await agent_factory(meeting)
+    bot = meeting.users["bot"]
+    async with meeting.peer("alice", video=False) as alice:
+        await alice.offer(bot, trickle=True, end_of_candidates=True)
+        poller = agent.participant.poller
+        async with asyncio.timeout(TIMEOUT):
+            await alice.connected.wait()
+            while not poller.idle:
+                await poller.next_change()
+        store = agent.participant.store
+
+        def count(outcome: str) -> int:
+            query = "SELECT COUNT(*) FROM signals WHERE outcome = ?"
+            return int(store._db.execute(query, (outcome,)).fetchone()[0])
+
+        applied, ignored, received = count("applied"), count("ignored"), poller.stats.received
+        late = "candidate:9 1 udp 2130706431 127.0.0.1 9 typ host"
+        await alice.send_ice({"candidate": late, "sdpMid": "0", "sdpMLineIndex": 0}, bot)
+        await alice.send_ice({"candidate": "", "sdpMid": "1", "sdpMLineIndex": 1}, bot)
+        async with asyncio.timeout(TIMEOUT):
+            while poller.stats.received < received + 2 or not poller.idle:
+                await poller.next_change()
+        assert (count("applied"), count("ignored")) == (applied, ignored + 2)
+        assert agent.session(alice.session_id).state == "connected"
+    applied_once(agent)
+
+
 async def test_an_early_candidate_waits_for_its_offer_behind_a_backlog(
     devserver_factory, agent_factory, monkeypatch
 ) -> None:

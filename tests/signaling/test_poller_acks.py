@@ -13,28 +13,13 @@ import pytest
 
 from agent.convex import ConvexClient, TokenSource
 from agent.signaling.api import ConnvoApi
-from agent.signaling.models import IceCandidate, Signal
+from agent.signaling.models import IceCandidate
 from agent.signaling.poller import SignalPoller
 from agent.signaling.state import SignalStateStore
+from tests.support.polling import HandlingSink, running
 
 ACK_FUNCTION = "meetings/webrtc/signaling/markSignalsProcessed"
 SIGNALS = 5
-
-
-class HandlingSink:
-    """Applies every signal at once; negotiating, so the poller polls fast (every 20 ms)."""
-
-    def __init__(self) -> None:
-        self.poller: SignalPoller | None = None
-        self.delivered: list[Signal] = []
-
-    def deliver(self, signal: Signal) -> None:
-        self.delivered.append(signal)
-        assert self.poller is not None
-        self.poller.handled(signal)
-
-    def negotiating(self) -> bool:
-        return True
 
 
 async def _send_candidates(server: Any, meeting: str, rita: ConnvoApi) -> None:
@@ -64,12 +49,10 @@ async def polling_bot(
         store = SignalStateStore(tmp_path / "state.sqlite")
         sink = HandlingSink()
         poller = sink.poller = SignalPoller(bot, meeting, store, sink, fast_interval=0.02)
-        task = asyncio.create_task(poller.run())
         try:
-            yield poller, sink, store
+            async with running(poller):
+                yield poller, sink, store
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             store.close()
 
 
