@@ -148,6 +148,7 @@ class SignalPoller:
         self._changed = asyncio.Event()  # set and replaced whenever a signal is handled
         self._polled = asyncio.Event()  # set and replaced after every drain
         self._last_activity = -1e9
+        self._brought_new = False  # the last drain delivered new signals
         self._interval = fast_interval
         self._cursor: str | None = store.get_meta(CURSOR_KEY)
         # Polls that returned every signal pending at the backend: a short page from the start
@@ -238,7 +239,10 @@ class SignalPoller:
         if failures:
             # The client already retried with backoff; keep the outer loop from spinning too.
             self._interval = min(self.idle_interval * 2**failures, 30.0)
-        elif full:
+        elif full or self._brought_new:
+            # More is waiting, or likely on its way: signals come in bursts (fifty answers to
+            # fifty offers, a description and its candidates). The wait for this drain's
+            # acknowledgements paces the next poll.
             self._interval = 0.0
         elif self._active():
             self._interval = self.fast_interval
@@ -294,6 +298,7 @@ class SignalPoller:
             if active:
                 self.stats.active_fetch_latencies.append(max(0.0, now - signal.timestamp / 1000.0))
             self.sink.deliver(signal)
+        self._brought_new = bool(batch)
         if batch:
             self._last_activity = time.monotonic()
         return full
