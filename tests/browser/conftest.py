@@ -14,6 +14,7 @@ import asyncio
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,8 +99,21 @@ class Browser:
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def new_page(self, url: str) -> Page:
+    async def new_page(self, url: str, hold_first: tuple[str, float] | None = None) -> Page:
+        """A page opened at `url`; `hold_first=(function, seconds)` delays the page's first call
+        of that backend function (the one fault injected: a slow response on demand)."""
         page = await self.call(self._browser.new_page)
+        if hold_first is not None:
+            function, seconds = hold_first
+            held: list[bool] = []
+
+            def hold(route: Any) -> None:
+                if not held:
+                    held.append(True)
+                    time.sleep(seconds)  # on the browser's own thread, which only this page uses
+                route.continue_()
+
+            await self.call(page.route, f"**/api/run/{function}", hold)
         wrapped = Page(self, page, _PageCloser(page))
         await wrapped.goto(url)
         return wrapped
@@ -172,10 +186,15 @@ def join_url(meeting: Meeting, name: str, **params: Any) -> str:
 
 
 async def open_page(
-    browser: Browser, pages: list[Page], meeting: Meeting, name: str, **params: Any
+    browser: Browser,
+    pages: list[Page],
+    meeting: Meeting,
+    name: str,
+    hold_first: tuple[str, float] | None = None,
+    **params: Any,
 ) -> tuple[Page, str]:
     """Open the join page as `name`; returns it with its session id once it has joined."""
-    page = await browser.new_page(join_url(meeting, name, **params))
+    page = await browser.new_page(join_url(meeting, name, **params), hold_first)
     pages.append(page)
     session_id = await page.wait_for("connvo.state.running && connvo.state.sessionId")
     return page, str(session_id)

@@ -196,11 +196,15 @@ async def test_glare_both_offer_at_once(
 ) -> None:
     # The page holds its offer until the agent's offer arrives, then sends it before applying the
     # agent's: the offers cross, and each side sees the other's offer while it has its own out.
-    # The participant with the higher user id is the polite one.
+    # The participant with the higher user id is the polite one. The page's first discovery is
+    # held back 0.8 s, so the agent (discovering every 0.3 s) has usually offered first: the page
+    # must still make its own offer before it reads the agent's (it once answered it, and nothing
+    # crossed).
     low, high = await two_guests_in_order(meeting)
     name, agent_name = (high, low) if polite == "chromium" else (low, high)
     agent = await agent_factory(meeting, agent_name, call_everyone=True, discovery_interval=0.3)
-    page, page_session = await open_page(chromium, pages, meeting, name, glare=1)
+    held = ("meetings/webrtc/signaling/getActiveSessions", 0.8)
+    page, page_session = await open_page(chromium, pages, meeting, name, held, glare=1)
     session = await connected(agent, page_session, page)
     await media_both_ways(agent, page, page_session)
     peer = (await page.summary())["peers"][agent.participant.local.session_id]

@@ -115,6 +115,7 @@
       this.ignoreOffer = false;
       this.heldOffer = false;
       this.glareDone = false;
+      this.offerMade = new Promise((resolve) => { this.resolveOfferMade = resolve; });
       this.heldCandidates = [];
       this.pending = [];
       this.sendChain = Promise.resolve();
@@ -247,6 +248,7 @@
         log('negotiation failed:', err.message);
       } finally {
         this.makingOffer = false;
+        this.resolveOfferMade();
       }
     }
 
@@ -447,10 +449,15 @@
     render();
   }
 
-  async function discoveryLoop() {
+  async function discoverSafely() {
+    try { await discoverOnce(); } catch (err) { log('discovery failed:', err.message); }
+  }
+
+  async function discoveryLoop(first) {
+    await first;
     while (state.running) {
-      try { await discoverOnce(); } catch (err) { log('discovery failed:', err.message); }
       await sleep(DISCOVERY_MS);
+      await discoverSafely();
     }
   }
 
@@ -569,8 +576,15 @@
       run(SIG + 'closeSession', { meetingId, sessionId: state.sessionId }, { keepalive: true })
         .catch(() => {});
     });
+    const firstDiscovery = discoverSafely();
+    if (opt.glare) {
+      // The offers to everyone present are made (and held) before any signal is read: a remote
+      // offer read first would simply be answered, and nothing would cross.
+      await firstDiscovery;
+      await Promise.all([...state.peers.values()].map((peer) => peer.offerMade));
+    }
     pollLoop();
-    discoveryLoop();
+    discoveryLoop(firstDiscovery);
     statsLoop();
     return state.sessionId;
   }
