@@ -110,7 +110,7 @@ class Browser:
             def hold(route: Any) -> None:
                 if not held:
                     held.append(True)
-                    time.sleep(seconds)  # on the browser's own thread, which only this page uses
+                    time.sleep(seconds)  # holds the browser's thread (all its pages) meanwhile
                 route.continue_()
 
             await self.call(page.route, f"**/api/run/{function}", hold)

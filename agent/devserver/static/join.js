@@ -581,7 +581,11 @@
       // The offers to everyone present are made (and held) before any signal is read: a remote
       // offer read first would simply be answered, and nothing would cross.
       await firstDiscovery;
-      await Promise.all([...state.peers.values()].map((peer) => peer.offerMade));
+      const offers = Promise.all([...state.peers.values()].map((peer) => peer.offerMade));
+      await Promise.race([offers, sleep(5000)]); // bounded, should negotiationneeded never come
+      if ([...state.peers.values()].some((peer) => !peer.heldOffer)) {
+        log('glare: not every offer is held before reading signals');
+      }
     }
     pollLoop();
     discoveryLoop(firstDiscovery);
