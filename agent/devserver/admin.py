@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from agent.devserver import auth
-from agent.devserver.store import Store
+from agent.devserver.store import Store, unprovisioned_subject_for
+
+MeetingStartState = Literal["active", "scheduled"]
 
 MAX_NAME_CHARS = 64
 
@@ -42,19 +45,51 @@ def issue_token(db_path: Path | str, user: str, ttl_s: float = auth.DEFAULT_TTL_
         store.close()
 
 
+def issue_unprovisioned_token(
+    db_path: Path | str, name: str, ttl_s: float = auth.DEFAULT_TTL_S
+) -> str:
+    """A bearer token that verifies but whose identity has no Connvo user (none is created).
+
+    Its subject is `devnouser_NAME`, which no dev user has: functions answer UNAUTHORIZED and
+    getCurrentUser answers null, as for someone signed in to WorkOS but not provisioned.
+    """
+    store = Store(db_path)
+    try:
+        return auth.issue_token(
+            store.jwt_secret(), unprovisioned_subject_for(check_name(name)), ttl_s
+        )
+    finally:
+        store.close()
+
+
+def set_user_active(db_path: Path | str, name: str, active: bool) -> None:
+    """Activate or deactivate user `name` (created if missing)."""
+    store = Store(db_path)
+    try:
+        with store.transaction():
+            store.set_user_active(check_name(name), active)
+    finally:
+        store.close()
+
+
 def create_meeting(
     db_path: Path | str,
     host: str,
     participants: Iterable[str] = (),
     title: str = "Dev meeting",
+    state: MeetingStartState = "active",
 ) -> str:
-    """An *active* meeting hosted by `host` with `participants` (users created if missing)."""
+    """A meeting hosted by `host` with `participants` (users created if missing), written straight
+    into the database: *active* by default (a dev convenience; Connvo's createMeeting makes
+    scheduled meetings, which the host then starts), or `scheduled`."""
+    if state not in ("active", "scheduled"):
+        raise ValueError(f"a new meeting is active or scheduled, not {state!r}")
     names = [check_name(host)] + [check_name(p) for p in participants]
     store = Store(db_path)
     try:
         with store.transaction():
             host_row = store.ensure_user(names[0])
-            meeting_id = store.insert_meeting(str(host_row["id"]), title, "active")
+            meeting_id = store.insert_meeting(str(host_row["id"]), title, state)
             store.insert_participant(meeting_id, str(host_row["id"]), "host")
             for name in dict.fromkeys(names[1:]):
                 if name == names[0]:

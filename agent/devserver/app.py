@@ -3,6 +3,10 @@
 `/api/run/...` is served by a plain ASGI handler rather than a Starlette route: dropping a
 connection without any response needs uvicorn's own `send`, and slow bodies need every body chunk.
 Everything else (health, admin) is a small Starlette app.
+
+A function error (a ConvexError, or arguments that do not match the validator) is an error envelope
+with the configured HTTP status (`error_status`); every other failure is a transport error
+`{"code", "message"}` with its own status (see agent/devserver/errors.py).
 """
 
 from __future__ import annotations
@@ -24,33 +28,28 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agent.devserver import admin, auth, ids, joinpage
+from agent.devserver import admin, auth, errors, joinpage
+from agent.devserver.errors import transport_error
 from agent.devserver.faults import FaultConfig, Faults
-from agent.devserver.functions import HANDLERS, Context, FunctionError
+from agent.devserver.functions import FUNCTIONS, Context
 from agent.devserver.functions.signaling import PAGE_SIZE
-from agent.devserver.store import Row, Store
-from agent.signaling.models import (
-    ERR_BAD_ARGS,
-    ERR_INTERNAL,
-    ERR_NOT_FOUND,
-    ERR_RATE_LIMITED,
-    ERR_TOO_LARGE,
-    ERR_UNAUTHENTICATED,
-    ERR_UNKNOWN_FUNCTION,
-    FUNCTION_ARGS,
-    ID_CHECKER_CONTEXT_KEY,
-    MAX_REQUEST_BODY_BYTES,
-)
+from agent.devserver.ids import TABLES
+from agent.devserver.store import MAX_ID_KEY, Row, Store
+from agent.devserver.validators import ArgumentValidationError, validate_args
 
 log = logging.getLogger("connvo.devserver")
 
 RUN_PREFIX = "/api/run/"
 ACK_FUNCTION = "meetings/webrtc/signaling/markSignalsProcessed"
 PENDING_FUNCTION = "meetings/webrtc/signaling/getPendingSignals"
+# The dev backend's own limit on a request body (Convex's are far larger): 256 KiB holds any
+# browser's SDP many times over and keeps a hostile client from making the server buffer megabytes.
+MAX_REQUEST_BODY_BYTES = 256 * 1024
 # An oversized body is read and discarded up to this much so the client gets its 413 instead of a
 # broken pipe; beyond it the connection is answered and closed.
 DRAIN_LIMIT_BYTES = 16 * MAX_REQUEST_BODY_BYTES
 SLOW_BODY_CHUNKS = 10
+MAX_QUEUED_ID_KEYS = 10_000
 
 
 class _TooLarge(Exception):
@@ -59,40 +58,6 @@ class _TooLarge(Exception):
 
 class _ClientGone(Exception):
     pass
-
-
-def envelope_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **data: Any
-) -> Response:
-    body = {"status": "error", "errorMessage": message, "errorData": {"code": code, **data}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _error_path(exc: ValidationError, raw: Any) -> tuple[str, str]:
-    """(Convex-style path like `.description.sdp`, message) of the first validation error.
-
-    pydantic adds union-member tags to `loc`; walking the actual input keeps only real segments.
-    """
-    err = exc.errors()[0]
-    parts: list[str] = []
-    value = raw
-    for seg in err["loc"]:
-        if isinstance(value, dict) and isinstance(seg, str) and seg in value:
-            parts.append(f".{seg}")
-            value = value[seg]
-        elif isinstance(value, list) and isinstance(seg, int) and 0 <= seg < len(value):
-            parts.append(f"[{seg}]")
-            value = value[seg]
-        elif isinstance(value, dict) and isinstance(seg, str) and err["type"] == "missing":
-            parts.append(f".{seg}")
-            break
-        else:
-            break
-    return "".join(parts) or ".", str(err["msg"])
 
 
 class Stats:
@@ -125,6 +90,13 @@ class TokenRequest(BaseModel):
     ttl_s: float = Field(default=auth.DEFAULT_TTL_S, gt=0, le=30 * 86400)
 
 
+class NextIdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    table: str
+    sortKeys: list[int] = Field(max_length=MAX_QUEUED_ID_KEYS)
+
+
 class DevServerApp:
     def __init__(
         self,
@@ -133,11 +105,19 @@ class DevServerApp:
         generation: int = 2,
         admin_key: str,
         ice_servers: Sequence[str] = (),
+        error_status: int = 200,
+        redact: bool = False,
+        transcript_rate_limit: tuple[int, float] = (50, 60.0),
     ) -> None:
+        if error_status not in errors.FUNCTION_ERROR_STATUSES:
+            raise ValueError(f"error_status must be one of {errors.FUNCTION_ERROR_STATUSES}")
         self.store = store
         self.generation = generation
         self.admin_key = admin_key
         self.ice_servers = [{"urls": url} for url in ice_servers]
+        self.error_status = error_status
+        self.redact = redact
+        self.transcript_rate_limit = transcript_rate_limit
         self.faults = Faults()
         self.stats = Stats()
         self.secret = store.jwt_secret()
@@ -149,6 +129,7 @@ class DevServerApp:
                 Route("/admin/stats", self._stats, methods=["GET"]),
                 Route("/admin/stats/reset", self._stats_reset, methods=["POST"]),
                 Route("/admin/tokens", self._tokens, methods=["POST"]),
+                Route("/admin/next-ids", self._next_ids, methods=["POST"]),
                 *joinpage.routes(store, self.secret),  # the browser join page (dev only)
             ],
             exception_handlers={HTTPException: self._http_error},  # type: ignore[dict-item]
@@ -165,8 +146,10 @@ class DevServerApp:
     # --- health and admin -----------------------------------------------------------------------
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
-        code = ERR_NOT_FOUND if exc.status_code == 404 else ERR_BAD_ARGS
-        return envelope_error(exc.status_code, code, f"{exc.detail}: {request.url.path}")
+        code = {404: errors.ROUTE_NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
+            exc.status_code, errors.BAD_REQUEST
+        )
+        return transport_error(exc.status_code, code, f"{exc.detail}: {request.url.path}")
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -174,7 +157,7 @@ class DevServerApp:
     def _admin_denied(self, request: Request) -> Response | None:
         given = request.headers.get("x-admin-key", "")
         if not hmac.compare_digest(given.encode(), self.admin_key.encode()):
-            return envelope_error(401, ERR_UNAUTHENTICATED, "missing or wrong X-Admin-Key")
+            return transport_error(401, errors.BAD_ADMIN_KEY, "missing or wrong X-Admin-Key")
         return None
 
     async def _faults(self, request: Request) -> Response:
@@ -186,8 +169,8 @@ class DevServerApp:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 field = ".".join(str(p) for p in first["loc"]) or "(body)"
-                return envelope_error(
-                    400, ERR_BAD_ARGS, f"bad fault config: {field}: {first['msg']}"
+                return transport_error(
+                    400, errors.BAD_REQUEST, f"bad fault config: {field}: {first['msg']}"
                 )
             self.faults.replace(config)
             log.warning("faults set: %s", config.model_dump(exclude_defaults=True))
@@ -214,7 +197,8 @@ class DevServerApp:
             body = TokenRequest.model_validate_json(await request.body())
             names = [admin.check_name(n) for n in body.names]
         except (ValidationError, ValueError) as exc:
-            return envelope_error(400, ERR_BAD_ARGS, f"bad token request: {exc}".splitlines()[0])
+            message = f"bad token request: {exc}".splitlines()[0]
+            return transport_error(400, errors.BAD_REQUEST, message)
         issued = {}
         with self.store.transaction():
             rows = {name: self.store.ensure_user(name) for name in dict.fromkeys(names)}
@@ -222,6 +206,23 @@ class DevServerApp:
             token = auth.issue_token(self.secret, str(row["workos_user_id"]), body.ttl_s)
             issued[name] = {"token": token, "userId": str(row["id"])}
         return JSONResponse({"tokens": issued})
+
+    async def _next_ids(self, request: Request) -> Response:
+        """`{"table": T, "sortKeys": [k, ...]}`: the next IDs inserted into table T get these sort
+        keys (their 8-byte prefix, 0 <= k < 2**64) in order. Replaces the table's queue."""
+        if (denied := self._admin_denied(request)) is not None:
+            return denied
+        try:
+            body = NextIdsRequest.model_validate_json(await request.body())
+            if body.table not in TABLES:
+                raise ValueError(f"unknown table {body.table!r} (one of {', '.join(TABLES)})")
+            if any(not 0 <= key < MAX_ID_KEY for key in body.sortKeys):
+                raise ValueError("sort keys must be integers in [0, 2**64)")
+        except (ValidationError, ValueError) as exc:
+            message = f"bad next-ids request: {exc}".splitlines()[0]
+            return transport_error(400, errors.BAD_REQUEST, message)
+        self.store.queue_id_keys(body.table, body.sortKeys)
+        return JSONResponse({"table": body.table, "pending": self.store.queued_id_keys(body.table)})
 
     # --- /api/run -------------------------------------------------------------------------------
 
@@ -234,13 +235,16 @@ class DevServerApp:
             return
         except Exception:
             log.exception("internal error in %s", function)
-            response = envelope_error(500, ERR_INTERNAL, "Internal server error")
+            response = transport_error(500, errors.INTERNAL_SERVER_ERROR, "Internal server error")
         if response is None:
             return  # connection dropped on purpose
         if slow_ms > 0:
             await self._send_slowly(response, send, slow_ms)
         else:
             await response(scope, receive, send)
+
+    def _function_error(self, detail: str, data: dict[str, Any] | None) -> Response:
+        return errors.function_error(detail, data, status=self.error_status, redact=self.redact)
 
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, function: str
@@ -249,48 +253,57 @@ class DevServerApp:
         try:
             body = await self._read_body(request, receive)
         except _TooLarge:
-            return envelope_error(
+            return transport_error(
                 413,
-                ERR_TOO_LARGE,
+                errors.PAYLOAD_TOO_LARGE,
                 f"Request body exceeds {MAX_REQUEST_BODY_BYTES} bytes",
-                limit=MAX_REQUEST_BODY_BYTES,
             ), 0
         self.stats.total += 1
         self.stats.functions[function] += 1
         if request.method != "POST":
-            return envelope_error(405, ERR_BAD_ARGS, "Use POST for /api/run"), 0
-        args_model = FUNCTION_ARGS.get(function)
-        if args_model is None:
-            return envelope_error(
-                404, ERR_UNKNOWN_FUNCTION, f"Could not find public function for '{function}'"
+            return transport_error(405, errors.METHOD_NOT_ALLOWED, "Use POST for /api/run"), 0
+        declared = FUNCTIONS.get(function)
+        if declared is None:
+            return transport_error(
+                404,
+                errors.FUNCTION_NOT_FOUND,
+                f"Could not find public function for '{function}'",
             ), 0
 
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
-            return envelope_error(400, ERR_BAD_ARGS, "Content-Type must be application/json"), 0
+            return transport_error(
+                400, errors.BAD_CONTENT_TYPE, "Content-Type must be application/json"
+            ), 0
         try:
             payload = json.loads(body, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
-            return envelope_error(400, ERR_BAD_ARGS, "Request body is not valid JSON"), 0
+            # Lone surrogates ("\ud800") parse in Python but are not valid JSON text for Convex.
+            json.dumps(payload, ensure_ascii=False).encode()
+        except (ValueError, UnicodeError, RecursionError):  # RecursionError: deep nesting
+            return transport_error(400, errors.BAD_JSON_BODY, "Request body is not valid JSON"), 0
         if not isinstance(payload, dict) or not isinstance(payload.get("args"), dict):
-            return envelope_error(
-                400, ERR_BAD_ARGS, 'Request body must be {"args": {...}, "format": "json"}'
+            return transport_error(
+                400, errors.BAD_JSON_BODY, 'Request body must be {"args": {...}, "format": "json"}'
             ), 0
         if set(payload) - {"args", "format"} or payload.get("format", "json") != "json":
-            return envelope_error(
-                400, ERR_BAD_ARGS, 'Only "args" and "format": "json" are accepted in the body'
+            return transport_error(
+                400,
+                errors.BAD_JSON_BODY,
+                'Only "args" and "format": "json" are accepted in the body',
             ), 0
 
         try:
-            user = self._authenticate(request)
+            identity, user = self._authenticate(request)
         except auth.AuthError as exc:
-            return envelope_error(
+            # A token that does not verify never reaches a function (none at all does).
+            return transport_error(
                 401,
-                ERR_UNAUTHENTICATED,
-                f"Unauthenticated: {exc}",
+                errors.UNAUTHENTICATED,
+                f"Could not verify the token: {exc}",
                 headers={"WWW-Authenticate": "Bearer"},
             ), 0
-        self.stats.users[str(user["id"])] += 1
+        if user is not None:
+            self.stats.users[str(user["id"])] += 1
 
         faults = self.faults.config
         faulty = self.faults.applies_to(function)
@@ -299,35 +312,33 @@ class DevServerApp:
             if early is None or isinstance(early, Response):
                 return early, 0
 
-        raw_args = payload["args"]
         try:
-            args = args_model.model_validate(
-                raw_args, context={ID_CHECKER_CONTEXT_KEY: ids.is_id_of}
-            )
-        except ValidationError as exc:
-            path, msg = _error_path(exc, raw_args)
-            return envelope_error(
-                400,
-                ERR_BAD_ARGS,
-                f"ArgumentValidationError: {msg}. Path: {path}",
-                path=path,
-            ), 0
+            args = validate_args(declared.args, payload["args"])
+        except ArgumentValidationError as exc:
+            return self._function_error(str(exc), None), 0
 
-        ctx = Context(self.store, user, self.generation, self.ice_servers)
+        ctx = Context(
+            self.store,
+            identity,
+            user,
+            self.generation,
+            self.ice_servers,
+            self.transcript_rate_limit,
+        )
         ack_fault = faulty and function == ACK_FUNCTION and self.faults.roll(faults.ack_fail_rate)
         if ack_fault and faults.ack_fail_mode == "before":
-            return envelope_error(500, ERR_INTERNAL, "Injected fault: acknowledgement failed"), 0
+            return _injected_500("acknowledgement failed"), 0
         try:
             with self.store.transaction():
-                value = HANDLERS[function](ctx, args)
-        except FunctionError as exc:
-            return envelope_error(exc.status, exc.code, exc.message, **exc.data), 0
+                value = declared.handler(ctx, args)
+        except errors.ConvexError as exc:
+            return self._function_error(exc.detail(), exc.data), 0
         if ack_fault:  # "after": applied, yet the client is told it failed
-            return envelope_error(500, ERR_INTERNAL, "Injected fault: acknowledgement failed"), 0
+            return _injected_500("acknowledgement failed"), 0
         if faulty and function == PENDING_FUNCTION:
             value = self.faults.duplicate(value, PAGE_SIZE)
         response = Response(
-            _encode({"status": "success", "value": value}), media_type="application/json"
+            errors.encode({"status": "success", "value": value}), media_type="application/json"
         )
         return response, faults.slow_body_ms if faulty else 0.0
 
@@ -347,24 +358,28 @@ class DevServerApp:
             if not await _sleep_unless_gone(receive, faults.timeout_s):
                 raise _ClientGone
         if self.faults.roll(faults.error_rate):
-            return envelope_error(500, ERR_INTERNAL, "Injected fault: internal error")
+            return _injected_500("internal error")
         if self.faults.roll(faults.rate_limit_rate):
-            return envelope_error(
+            return transport_error(
                 429,
-                ERR_RATE_LIMITED,
+                errors.TOO_MANY_REQUESTS,
                 "Injected fault: too many requests",
                 headers={"Retry-After": str(faults.retry_after_s)},
-                retryAfterMs=faults.retry_after_s * 1000,
             )
         return False
 
-    def _authenticate(self, request: Request) -> Row:
-        token = auth.bearer_token(request.headers.get("authorization"))
-        subject = self.tokens.subject(token)
+    def _authenticate(self, request: Request) -> tuple[str | None, Row | None]:
+        """(identity, user): (None, None) without a token; AuthError when a token does not verify.
+
+        A verified identity whose user row is missing, or deactivated, has no Connvo user."""
+        header = request.headers.get("authorization")
+        if header is None or not header.strip():
+            return None, None
+        subject = self.tokens.subject(auth.bearer_token(header))
         user = self.store.user_by_subject(subject)
-        if user is None or not user["is_active"]:
-            raise auth.AuthError("no user for this token")
-        return user
+        if user is not None and not user["is_active"]:
+            user = None
+        return subject, user
 
     async def _read_body(self, request: Request, receive: Receive) -> bytes:
         """The body; refuses more than MAX_REQUEST_BODY_BYTES while reading, never buffering it."""
@@ -408,6 +423,10 @@ class DevServerApp:
             await send(
                 {"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1}
             )
+
+
+def _injected_500(what: str) -> Response:
+    return transport_error(500, errors.INTERNAL_SERVER_ERROR, f"Injected fault: {what}")
 
 
 def _reject_constant(name: str) -> Any:

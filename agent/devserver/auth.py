@@ -17,7 +17,7 @@ DEFAULT_TTL_S = 24 * 3600
 
 
 class AuthError(Exception):
-    """Missing, malformed, forged or expired credentials."""
+    """Malformed, forged or expired credentials (a request without any has no identity)."""
 
 
 def issue_token(secret: str, subject: str, ttl_s: float = DEFAULT_TTL_S) -> str:

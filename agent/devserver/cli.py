@@ -28,6 +28,17 @@ def _db(path: Path | None) -> Path:
     return path if path is not None else default_db_path()
 
 
+def _rate_limit(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, float]:
+    chunks, _, seconds = value.partition("/")
+    try:
+        limit = (int(chunks), float(seconds))
+    except ValueError:
+        limit = (0, 0.0)
+    if limit[0] < 1 or not limit[1] > 0:
+        raise click.BadParameter(f"{value!r} is not CHUNKS/SECONDS, such as 50/60")
+    return limit
+
+
 def _ice_server(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
     for url in values:
         if not url.startswith(ICE_SCHEMES) or len(url) <= len(url.split(":")[0]) + 1:
@@ -73,6 +84,27 @@ def _ice_server(ctx: click.Context, param: click.Parameter, values: tuple[str, .
     metavar="URL",
     help="ICE server URL returned to clients (repeatable; none by default).",
 )
+@click.option(
+    "--error-status",
+    type=click.Choice(["200", "400", "560"]),
+    default="200",
+    show_default=True,
+    help="HTTP status of function errors (200: open-source Convex; 400: the published spec).",
+)
+@click.option(
+    "--redact",
+    is_flag=True,
+    default=False,
+    help='Production-style error messages: nothing after "Server Error".',
+)
+@click.option(
+    "--transcript-rate-limit",
+    default="50/60",
+    show_default=True,
+    callback=_rate_limit,
+    metavar="CHUNKS/SECONDS",
+    help="Transcript chunks each user may post per window (Connvo's: 50 a minute).",
+)
 @click.option("--access-log/--no-access-log", default=False, help="Log every request.")
 @click.pass_context
 def devserver(
@@ -84,6 +116,9 @@ def devserver(
     id_mode: str,
     admin_key: str | None,
     ice_servers: list[str],
+    error_status: str,
+    redact: bool,
+    transcript_rate_limit: tuple[int, float],
     access_log: bool,
 ) -> None:
     """Run the local dev backend (a Convex-compatible HTTP API over SQLite)."""
@@ -107,6 +142,9 @@ def devserver(
             ids="ordered" if id_mode == "ordered" else "random",
             admin_key=key,
             ice_servers=ice_servers,
+            error_status=int(error_status),
+            redact=redact,
+            transcript_rate_limit=transcript_rate_limit,
             access_log=access_log,
             show_admin_key=generated,
         )
@@ -124,11 +162,20 @@ def devserver(
     show_default=True,
     help="Token lifetime in seconds.",
 )
-def token(db: Path | None, user: str, ttl: int) -> None:
+@click.option(
+    "--unprovisioned",
+    is_flag=True,
+    default=False,
+    help="A token that verifies but has no Connvo user behind it (none is created).",
+)
+def token(db: Path | None, user: str, ttl: int, unprovisioned: bool) -> None:
     """Print a bearer token for USER."""
     path = _db(db)
     try:
-        click.echo(admin.issue_token(path, user, ttl))
+        if unprovisioned:
+            click.echo(admin.issue_unprovisioned_token(path, user, ttl))
+        else:
+            click.echo(admin.issue_token(path, user, ttl))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--user'") from None
     except (sqlite3.Error, OSError) as exc:
@@ -142,11 +189,20 @@ def token(db: Path | None, user: str, ttl: int) -> None:
     "--participant", "participants", multiple=True, help="Participant user name (repeatable)."
 )
 @click.option("--title", default="Dev meeting", show_default=True)
-def meeting(db: Path | None, host_name: str, participants: tuple[str, ...], title: str) -> None:
-    """Create an active meeting and print its ID."""
+@click.option(
+    "--scheduled",
+    is_flag=True,
+    default=False,
+    help="Create it scheduled (the host starts it with startMeeting) instead of active.",
+)
+def meeting(
+    db: Path | None, host_name: str, participants: tuple[str, ...], title: str, scheduled: bool
+) -> None:
+    """Create an active (or scheduled) meeting and print its ID."""
     path = _db(db)
+    state: admin.MeetingStartState = "scheduled" if scheduled else "active"
     try:
-        click.echo(admin.create_meeting(path, host_name, participants, title=title))
+        click.echo(admin.create_meeting(path, host_name, participants, title=title, state=state))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:

@@ -5,7 +5,8 @@ An ID is 20 bytes written as 32 characters of Convex's lowercase base32 alphabet
     prefix (8) | table tag (2) | random (6) | checksum (4)
 
 `prefix` is random in "random" mode (IDs do not sort in insertion order; Convex does not promise
-they do) and a big-endian counter in "ordered" mode. The alphabet is in ASCII order and every ID
+they do) and a big-endian counter in "ordered" mode; `/admin/next-ids` can choose it for the next
+IDs of a table (the "sort key"). The alphabet is in ASCII order and every ID
 has the same length, so string order equals byte order: ordered IDs sort in insertion order.
 """
 
@@ -75,6 +76,16 @@ def table_of(text: str) -> str | None:
     if _checksum(body) != check:
         return None
     return _TABLE_BY_TAG.get(int.from_bytes(body[8:10], "big"))
+
+
+def sort_key_of(text: str) -> int | None:
+    """The 8-byte prefix an ID sorts by (what `/admin/next-ids` chooses); None when the text is
+    not an ID of this backend."""
+    if table_of(text) is None:
+        return None
+    raw = _b32decode(text)
+    assert raw is not None
+    return int.from_bytes(raw[:8], "big")
 
 
 def is_id_of(text: str, table: str) -> bool:

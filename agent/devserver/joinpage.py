@@ -4,6 +4,7 @@
   JavaScript, no build step).
 - `POST /dev/token {"name": NAME, "meeting": ID?}`: a bearer token for user NAME (created if
   missing) and its user id; with `meeting`, the user also becomes a participant of that meeting.
+  Errors are `{"code", "message"}` with status 400 or 404.
   This route makes the page usable without the CLI, and it hands out a token for any name to
   anyone who can reach the server: it exists only in the dev backend, never in a real deployment.
 """
@@ -18,16 +19,16 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from agent.devserver import admin, auth, ids
+from agent.devserver import admin, auth, errors, ids
 from agent.devserver.store import Store
 
 STATIC = Path(__file__).resolve().parent / "static"
 _NO_CACHE = {"Cache-Control": "no-store"}
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    body = {"status": "error", "errorMessage": message, "errorData": {"code": code}}
-    return JSONResponse(body, status_code=status)
+def _error(status: int, message: str) -> Response:
+    code = errors.ROUTE_NOT_FOUND if status == 404 else errors.BAD_REQUEST
+    return errors.transport_error(status, code, message)
 
 
 def routes(store: Store, secret: str) -> list[Route]:
@@ -43,23 +44,23 @@ def routes(store: Store, secret: str) -> list[Route]:
         try:
             body: Any = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
-            return _error(400, "BAD_ARGS", "body must be JSON")
+            return _error(400, "body must be JSON")
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            return _error(400, "BAD_ARGS", 'body must be {"name": NAME, "meeting": ID?}')
+            return _error(400, 'body must be {"name": NAME, "meeting": ID?}')
         meeting_id = body.get("meeting")
         if meeting_id is not None and (
             not isinstance(meeting_id, str) or not ids.is_id_of(meeting_id, "meetings")
         ):
-            return _error(400, "BAD_ARGS", "meeting is not a meeting ID")
+            return _error(400, "meeting is not a meeting ID")
         try:
             name = admin.check_name(body["name"])
         except ValueError:
-            return _error(400, "BAD_ARGS", "invalid user name")
+            return _error(400, "invalid user name")
         with store.transaction():
             user = store.ensure_user(name)
             if meeting_id is not None:
                 if store.meeting(meeting_id) is None:
-                    return _error(404, "NOT_FOUND", "meeting not found")
+                    return _error(404, "meeting not found")
                 if store.participant(meeting_id, str(user["id"])) is None:
                     store.insert_participant(meeting_id, str(user["id"]), "participant")
         token = auth.issue_token(secret, str(user["workos_user_id"]))

@@ -30,10 +30,15 @@ class DevServerError(RuntimeError):
     """The server did not start, or an admin call failed."""
 
 
+ErrorStatus = Literal[200, 400, 560]
+
+
 class DevServerProcess:
     """One dev backend subprocess on `db` (a fresh temporary file when None).
 
     Usage: `with DevServerProcess(generation=1) as srv: token = srv.token("alice")`.
+    `error_status` is the HTTP status of function errors (`--error-status`); `redact=True` gives
+    production-style messages (`--redact`).
     """
 
     def __init__(
@@ -46,6 +51,8 @@ class DevServerProcess:
         host: str = "127.0.0.1",
         port: int = 0,
         ice_servers: Sequence[str] = (),
+        error_status: ErrorStatus = 200,
+        redact: bool = False,
         startup_timeout: float = 20.0,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
@@ -64,6 +71,8 @@ class DevServerProcess:
         self.host = host
         self.port = port
         self.ice_servers = list(ice_servers)
+        self.error_status = error_status
+        self.redact = redact
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
         self.env = env
@@ -80,8 +89,10 @@ class DevServerProcess:
             sys.executable, "-m", "agent", "devserver",
             "--host", self.host, "--port", str(self.port), "--db", str(self.db),
             "--generation", str(self.generation), "--ids", self.ids,
-            "--admin-key", self.admin_key,
+            "--admin-key", self.admin_key, "--error-status", str(self.error_status),
         ]  # fmt: skip
+        if self.redact:
+            cmd.append("--redact")
         for url in self.ice_servers:
             cmd += ["--ice-server", url]
         cmd += self.extra_args
@@ -183,15 +194,65 @@ class DevServerProcess:
     # --- database shortcuts (work whether or not the server runs) --------------------------------
 
     def token(self, name: str, ttl_s: float = 24 * 3600) -> str:
+        """A bearer token for user `name` (created if missing)."""
         return admin.issue_token(self.db, name, ttl_s)
 
+    def token_without_user(self, name: str, ttl_s: float = 24 * 3600) -> str:
+        """A bearer token that verifies but has no Connvo user behind it: functions answer
+        UNAUTHORIZED, getCurrentUser answers null."""
+        return admin.issue_unprovisioned_token(self.db, name, ttl_s)
+
     def meeting(
-        self, host: str, participants: Iterable[str] = (), title: str = "Dev meeting"
+        self,
+        host: str,
+        participants: Iterable[str] = (),
+        title: str = "Dev meeting",
+        state: admin.MeetingStartState = "active",
     ) -> str:
-        return admin.create_meeting(self.db, host, participants, title=title)
+        """A meeting written straight into the database: active (default) or scheduled."""
+        return admin.create_meeting(self.db, host, participants, title=title, state=state)
 
     def user_id(self, name: str) -> str:
         return admin.user_id(self.db, name)
+
+    def set_user_active(self, name: str, active: bool) -> None:
+        """A deactivated user's tokens still verify, but they have no Connvo user."""
+        admin.set_user_active(self.db, name, active)
+
+    # --- calls as a user, over HTTP ---------------------------------------------------------------
+
+    def run(self, function: str, args: dict[str, Any], *, as_user: str) -> Any:
+        """Call `function` as user `as_user` over HTTP; its value, or DevServerError."""
+        if not self.url:
+            raise DevServerError("not started")
+        try:
+            response = httpx.post(
+                f"{self.url}/api/run/{function}",
+                json={"args": args, "format": "json"},
+                headers={"Authorization": f"Bearer {self.token(as_user)}"},
+                timeout=10.0,
+            )
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise DevServerError(f"{function} failed: {exc!r}") from exc
+        # A function error is an envelope with status "error", whatever the HTTP status.
+        if not isinstance(body, dict) or body.get("status") != "success":
+            raise DevServerError(f"{function}: HTTP {response.status_code} {response.text}")
+        return body.get("value")
+
+    def start_meeting(self, meeting_id: str, host: str) -> dict[str, Any]:
+        """The host starts a scheduled meeting (`startMeeting`)."""
+        result: dict[str, Any] = self.run(
+            "meetings/lifecycle/startMeeting", {"meetingId": meeting_id}, as_user=host
+        )
+        return result
+
+    def end_meeting(self, meeting_id: str, host: str) -> dict[str, Any]:
+        """The host ends an active meeting (`endMeeting`): getMeeting then shows "concluded"."""
+        result: dict[str, Any] = self.run(
+            "meetings/lifecycle/endMeeting", {"meetingId": meeting_id}, as_user=host
+        )
+        return result
 
     # --- admin API ------------------------------------------------------------------------------
 
@@ -232,6 +293,14 @@ class DevServerProcess:
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
         return dict(self._admin("POST", "/admin/tokens", body)["tokens"])
+
+    def next_ids(self, table: str, sort_keys: Sequence[int]) -> None:
+        """The next IDs inserted into `table` take these sort keys, in order (`/admin/next-ids`).
+
+        A key is the ID's 8-byte prefix (0 <= key < 2**64): IDs of different keys sort as their
+        keys do, whatever the rest. Replaces the keys still queued for the table; `[]` clears them.
+        """
+        self._admin("POST", "/admin/next-ids", {"table": table, "sortKeys": list(sort_keys)})
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._admin("GET", "/admin/stats")

@@ -92,6 +92,9 @@ def serve(
     ids: IdMode = "random",
     admin_key: str,
     ice_servers: Sequence[str] = (),
+    error_status: int = 200,
+    redact: bool = False,
+    transcript_rate_limit: tuple[int, float] = (50, 60.0),
     access_log: bool = False,
     log_level: str = "warning",
     show_admin_key: bool = False,
@@ -109,7 +112,13 @@ def serve(
         raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     try:
         app = DevServerApp(
-            store, generation=generation, admin_key=admin_key, ice_servers=ice_servers
+            store,
+            generation=generation,
+            admin_key=admin_key,
+            ice_servers=ice_servers,
+            error_status=error_status,
+            redact=redact,
+            transcript_rate_limit=transcript_rate_limit,
         )
         real_host, real_port = sock.getsockname()[:2]
         shown = f"[{real_host}]" if ":" in real_host else real_host

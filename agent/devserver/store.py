@@ -6,6 +6,7 @@ same file while a server runs, and the server must see their rows at once.
 
 from __future__ import annotations
 
+import collections
 import json
 import secrets
 import sqlite3
@@ -15,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.devserver.ids import IdMode, make_id
+from agent.devserver.ids import TABLES, IdMode, make_id
 
 Row = sqlite3.Row
+MAX_ID_KEY = 2**64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -154,6 +156,9 @@ class Store:
         self.conn.execute("PRAGMA busy_timeout=10000")
         self.conn.executescript(SCHEMA)
         self._secret: str | None = None
+        # Sort keys (ID prefixes) the next inserted IDs of a table take, in order: set by tests
+        # through /admin/next-ids. In memory only: a restart forgets them.
+        self._next_keys: dict[str, collections.deque[int]] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -183,11 +188,27 @@ class Store:
         return self.conn.execute(sql, params).rowcount
 
     def new_id(self, table: str) -> str:
+        queued = self._next_keys.get(table)
+        if queued:
+            return make_id(table, queued.popleft())
         if self.ids == "ordered":
             counter = self.conn.execute("INSERT INTO id_seq DEFAULT VALUES").lastrowid
             assert counter is not None
             return make_id(table, counter)
         return make_id(table)
+
+    def queue_id_keys(self, table: str, keys: Sequence[int]) -> None:
+        """The next IDs of `table` get these sort keys (8-byte prefixes), in order; replaces any
+        keys still queued for the table (an empty list clears them)."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        for key in keys:
+            if not 0 <= key < MAX_ID_KEY:
+                raise ValueError(f"sort key {key} is not in [0, 2**64)")
+        self._next_keys[table] = collections.deque(keys)
+
+    def queued_id_keys(self, table: str) -> int:
+        return len(self._next_keys.get(table, ()))
 
     # --- meta -----------------------------------------------------------------------------------
 
@@ -215,6 +236,14 @@ class Store:
 
     def user_by_email(self, email: str) -> Row | None:
         return self.one("SELECT * FROM users WHERE email = ? ORDER BY seq LIMIT 1", (email,))
+
+    def set_user_active(self, name: str, active: bool) -> None:
+        """Activate or deactivate user `name` (created if missing)."""
+        row = self.ensure_user(name)
+        self.run(
+            "UPDATE users SET is_active = ?, updated_at = ? WHERE id = ?",
+            (int(active), now_ms(), row["id"]),
+        )
 
     def ensure_user(self, name: str) -> Row:
         """The user called `name`, created on first use (inside the caller's transaction)."""
@@ -338,3 +367,8 @@ class Store:
 def subject_for(name: str) -> str:
     """The JWT `sub` (the user's workosUserId) of a dev user called `name`."""
     return f"devuser_{name}"
+
+
+def unprovisioned_subject_for(name: str) -> str:
+    """A JWT `sub` that no dev user ever has: a signed-in identity without a Connvo user."""
+    return f"devnouser_{name}"

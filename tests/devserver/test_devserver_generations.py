@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from agent.devserver import ids
-from agent.devserver.process import DevServerProcess
+from agent.devserver.process import DevServerError, DevServerProcess
 from tests.conftest import DevServerFactory
 from tests.support.devserver import SIG, Api, MeetingSetup, setup_meeting
 
@@ -125,6 +125,10 @@ def test_gen1_ack_ignores_other_users_and_unknown_ids(
     assert g.ok(ACK, signalIds=[guest_ids[0], *other_ids, unknown]) is None
     assert [s["_id"] for s in _pending(g, m.id)] == guest_ids[1:]
     assert [s["_id"] for s in _pending(o, m.id)] == other_ids
+    # an ID of another table is no signal ID: the whole call fails argument validation
+    detail = g.invalid(ACK, signalIds=[guest_ids[1], m.users[guest]])
+    assert "Path: .signalIds[1]" in detail and 'Validator: v.id("webrtcSignals")' in detail
+    assert [s["_id"] for s in _pending(g, m.id)] == guest_ids[1:]
 
 
 def test_gen1_cap_is_50(server1: DevServerProcess, http: httpx.Client) -> None:
@@ -197,13 +201,14 @@ def test_gen2_ack_of_another_users_signal_fails_whole_call(
     other_ids = [s["_id"] for s in _pending(o, m.id)]
 
     body = g.error(ACK, code="FORBIDDEN", signalIds=[guest_ids[0], other_ids[0]])
-    assert body["errorData"]["signalId"] == other_ids[0]
+    assert body["errorData"]["metadata"] == {"signalId": other_ids[0]}
     assert len(_pending(g, m.id)) == 2  # nothing applied, not even the caller's own id
     assert len(_pending(o, m.id)) == 1
 
     unknown = ids.make_id("webrtcSignals")
     body = g.error(ACK, code="NOT_FOUND", signalIds=[guest_ids[0], unknown])
-    assert body["errorData"]["signalId"] == unknown
+    assert body["errorData"]["metadata"] == {"id": unknown}
+    assert body["errorData"]["message"] == f"Signal with ID {unknown} not found"
     assert len(_pending(g, m.id)) == 2
 
     # the sender cannot acknowledge its own direct signal on the recipient's behalf
@@ -262,3 +267,75 @@ def test_random_ids_do_not_sort_in_insertion_order(
     page = _pending(m.api(guest), m.id)
     assert sorted(_cands(page)) == sorted(sent)
     assert _cands(page) != sent  # sorted by ID, which is not insertion order
+
+
+# --- chosen ID order (/admin/next-ids) -----------------------------------------------------------
+
+
+def test_next_ids_give_the_next_signals_chosen_sort_keys(
+    devserver_factory: DevServerFactory, http: httpx.Client
+) -> None:
+    # A server of its own: the queue is server-wide.
+    server = devserver_factory()
+    m, (host, guest) = _pair(server, http, "host", "guest")
+    h, g = m.api(host), m.api(guest)
+    # An adversarial order, reproduced exactly: the candidate sorts before the offer it follows.
+    server.next_ids("webrtcSignals", [30, 10, 20])
+    h.ok(
+        SIG + "exchangeSessionDescription", meetingId=m.id, sessionId=f"{host}-live",
+        description={"type": "offer", "sdp": "v=0"}, targetUserId=m.users[guest],
+    )  # fmt: skip
+    sent = _send(h, m.id, f"{host}-live", 2, m.users[guest], "c")
+    page = _pending(g, m.id)
+    assert [s["type"] for s in page] == ["ice", "ice", "sdp"]
+    assert _cands(page[:2]) == sent
+    for signal, key in zip(page, [10, 20, 30], strict=True):
+        sid = str(signal["_id"])
+        assert ID_RE.match(sid) and ids.table_of(sid) == "webrtcSignals"  # still a valid ID
+        assert ids.sort_key_of(sid) == key
+    g.ok(ACK, signalIds=[s["_id"] for s in page])
+    # the queue is used up: random IDs again, between the smallest and the largest keys
+    server.next_ids("webrtcSignals", [0])
+    _send(h, m.id, f"{host}-live", 1, m.users[guest], "first")
+    _send(h, m.id, f"{host}-live", 5, m.users[guest], "random")
+    server.next_ids("webrtcSignals", [2**64 - 1])
+    _send(h, m.id, f"{host}-live", 1, m.users[guest], "last")
+    page = _pending(g, m.id)
+    assert _cands(page)[0] == "first-0" and _cands(page)[-1] == "last-0"
+
+
+def test_next_ids_replace_per_table_and_are_checked(
+    devserver_factory: DevServerFactory, http: httpx.Client
+) -> None:
+    server = devserver_factory()
+    m, (host, guest) = _pair(server, http, "host", "guest")
+    server.next_ids("webrtcSignals", [5, 6])
+    server.next_ids("webrtcSignals", [7])  # replaces: only 7 is left
+    server.next_ids("meetings", [1])  # another table's queue is its own
+    _send(m.api(host), m.id, f"{host}-live", 2, m.users[guest], "c")
+    keys = {ids.sort_key_of(str(s["_id"])) for s in _pending(m.api(guest), m.id)}
+    assert 7 in keys and 5 not in keys and 6 not in keys
+    created = m.api(host).ok("meetings/lifecycle/createMeeting", title="t")["meetingId"]
+    assert ids.sort_key_of(created) == 1
+    _drain(m.api(guest), m.id)
+    server.next_ids("webrtcSignals", [9])
+    server.next_ids("webrtcSignals", [])  # clears
+    _send(m.api(host), m.id, f"{host}-live", 1, m.users[guest], "d")
+    (last,) = _pending(m.api(guest), m.id)
+    assert ids.sort_key_of(str(last["_id"])) != 9
+
+    for body in [
+        {"table": "nope", "sortKeys": [1]},
+        {"table": "webrtcSignals", "sortKeys": [-1]},
+        {"table": "webrtcSignals", "sortKeys": [2**64]},
+        {"table": "webrtcSignals", "sortKeys": ["a"]},
+        {"table": "webrtcSignals"},
+    ]:
+        r = http.post(
+            server.url + "/admin/next-ids", json=body, headers={"X-Admin-Key": server.admin_key}
+        )
+        assert r.status_code == 400 and r.json()["code"] == "BadRequest", body
+    r = http.post(server.url + "/admin/next-ids", json={"table": "meetings", "sortKeys": [1]})
+    assert r.status_code == 401
+    with pytest.raises(DevServerError, match="400"):
+        server.next_ids("webrtcSignals", [-5])

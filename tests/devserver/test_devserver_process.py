@@ -14,8 +14,9 @@ import pytest
 
 from agent.devserver.process import DevServerError, DevServerProcess
 from agent.devserver.server import READY_PREFIX
+from agent.devserver.store import Store
 from tests.conftest import DevServerFactory
-from tests.support.devserver import LIFE, SIG, Api, setup_meeting, unique
+from tests.support.devserver import LIFE, REQUEST_ID, SIG, Api, setup_meeting, unique
 
 CLI = [sys.executable, "-m", "agent", "devserver"]
 
@@ -169,6 +170,59 @@ def test_cli_token_and_meeting_against_running_server(devserver_factory: DevServ
     assert (me["displayName"], me["email"]) == (guest, f"{guest}@example.com")
 
 
+def test_cli_unprovisioned_token_and_scheduled_meeting(
+    devserver_factory: DevServerFactory,
+) -> None:
+    server = devserver_factory()
+    host, ghost = unique("host"), unique("ghost")
+    r = _cli("meeting", "--db", str(server.db), "--host", host, "--scheduled")
+    assert r.returncode == 0, r.stderr
+    meeting_id = r.stdout.strip()
+    assert Api(server.url, server.token(host)).ok(
+        "meetings/queries/getMeeting", meetingId=meeting_id
+    )["state"] == "scheduled"  # fmt: skip
+    r = _cli("token", "--db", str(server.db), "--user", ghost, "--unprovisioned")
+    assert r.returncode == 0, r.stderr
+    api = Api(server.url, r.stdout.strip())
+    assert api.ok("users/queries/getCurrentUser") is None  # verifies, but no Connvo user
+    api.error("meetings/queries/getMeeting", code="UNAUTHORIZED", meetingId=meeting_id)
+    store = Store(server.db)
+    try:  # nobody was created
+        assert store.one("SELECT id FROM users WHERE display_name = ?", (ghost,)) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("flags", "status"), [([], 200), (["--error-status", "560"], 560)])
+def test_cli_error_status_and_redact(tmp_path: Path, flags: list[str], status: int) -> None:
+    proc, line = _spawn(
+        "--db", str(tmp_path / "db.sqlite"), "--admin-key", "k", *flags, "--redact",
+        stderr=tmp_path / "err",
+    )  # fmt: skip
+    try:
+        url = line.removeprefix(READY_PREFIX).strip()
+        r = httpx.post(
+            f"{url}/api/run/meetings/queries/getMeeting", json={"args": {}, "format": "json"}
+        )
+        assert r.status_code == status
+        body = r.json()
+        assert body["status"] == "error" and "errorData" not in body
+        assert REQUEST_ID.fullmatch(body["errorMessage"])  # redacted: nothing after it
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def test_process_passes_error_status_and_redact(tmp_path: Path) -> None:
+    with DevServerProcess(tmp_path / "db.sqlite", error_status=400, redact=True) as server:
+        m, (host,) = setup_meeting(server, "host")
+        body = Api(server.url, None, error_status=400).error(
+            "meetings/queries/getMeeting", code="UNAUTHORIZED", meetingId=m.id
+        )
+        assert REQUEST_ID.fullmatch(body["errorMessage"])
+        assert m.api(host).error_status == 400
+
+
 def test_cli_default_db_follows_xdg_state_home(tmp_path: Path) -> None:
     r = _cli("token", "--user", "alice", env={"XDG_STATE_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
@@ -183,6 +237,12 @@ def test_cli_default_db_follows_xdg_state_home(tmp_path: Path) -> None:
         (["--port", "70000"], "--port"),
         (["--port", "x"], "--port"),
         (["--ice-server", "http://example.org"], "--ice-server"),
+        (["--error-status", "500"], "--error-status"),
+        (["--error-status", "x"], "--error-status"),
+        (["--transcript-rate-limit", "50"], "--transcript-rate-limit"),
+        (["--transcript-rate-limit", "0/60"], "--transcript-rate-limit"),
+        (["--transcript-rate-limit", "5/0"], "--transcript-rate-limit"),
+        (["--redact", "yes"], "yes"),
         (["--admin-key", ""], "--admin-key"),
         (["--bogus"], "--bogus"),
         (["token"], "--user"),
@@ -221,9 +281,7 @@ def test_unusable_db_is_one_line(tmp_path: Path, command: list[str]) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_admin_tokens_issue_working_tokens_and_need_the_key(devserver) -> None:
-    import httpx
-
+def test_admin_tokens_issue_working_tokens_and_need_the_key(devserver: DevServerProcess) -> None:
     issued = devserver.tokens(["load-0", "load-1"])
     assert set(issued) == {"load-0", "load-1"}
     for name, entry in issued.items():
@@ -234,10 +292,10 @@ def test_admin_tokens_issue_working_tokens_and_need_the_key(devserver) -> None:
         ).json()
         assert me["value"]["_id"] == entry["userId"] == devserver.user_id(name)
     denied = httpx.post(f"{devserver.url}/admin/tokens", json={"names": ["x"]})
-    assert denied.status_code == 401 and denied.json()["status"] == "error"
+    assert denied.status_code == 401 and denied.json()["code"] == "BadAdminKey"
     bad = httpx.post(
         f"{devserver.url}/admin/tokens",
         json={"names": ["a@b"]},
         headers={"X-Admin-Key": devserver.admin_key},
     )
-    assert bad.status_code == 400 and bad.json()["errorData"]["code"] == "BAD_ARGS"
+    assert bad.status_code == 400 and bad.json()["code"] == "BadRequest"

@@ -1,7 +1,8 @@
 """Property: every request to the dev backend's `/api/run`, however wrong (unknown functions, bad
 methods and content types, non-JSON, wrong argument names, types and sizes, bad tokens, other
-people's meetings), is answered promptly with an envelope: success, or an error envelope with a
-code, and never a 500."""
+people's meetings), is answered promptly, never with a 500: a 200 envelope (success, or a function
+error: a ConvexError with its errorData, or an argument validation failure without), or a transport
+error `{"code", "message"}` with its own status."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.devserver.app import FUNCTION_ARGS
+from agent.devserver.functions import FUNCTIONS as SERVED
 from agent.devserver.process import DevServerProcess
+from tests.support.devserver import REQUEST_ID
 
-FUNCTIONS = sorted(FUNCTION_ARGS)
-LONG_CANDIDATE = "z" * 2000  # over the 1024-character limit
+FUNCTIONS = sorted(SERVED)
+LONG_CANDIDATE = "z" * 2000
 ARG_NAMES = ["meetingId", "sessionId", "description", "candidate", "targetUserId", "lastSignalId",
              "signalIds", "state", "metadata", "userId", "title", "text", "startTime", "endTime",
              "participantEmails", "organizerId", "role", "speakerId", "confidence", "language",
@@ -113,13 +115,20 @@ def test_every_request_gets_an_envelope_never_a_500(world: DevServerProcess, dat
     assert response.status_code in (200, 400, 401, 404, 405, 413), response.status_code
     body = response.json()
     if response.status_code == 200:
-        assert body["status"] == "success" and "value" in body
+        if body["status"] == "success":
+            assert "value" in body
+        else:
+            assert body["status"] == "error" and REQUEST_ID.match(body["errorMessage"])
+            if "errorData" in body:  # a ConvexError
+                assert isinstance(body["errorData"]["code"], str)
+                assert isinstance(body["errorData"]["statusCode"], int)
+            else:
+                assert "\nArgumentValidationError: " in body["errorMessage"]
     else:
-        assert body["status"] == "error"
-        assert isinstance(body["errorMessage"], str) and body["errorMessage"]
-        assert isinstance(body["errorData"]["code"], str)
-        if token:
-            assert token not in response.text
+        assert set(body) == {"code", "message"}, body
+        assert isinstance(body["code"], str) and isinstance(body["message"], str)
+    if token:
+        assert token not in response.text
     # Nothing reached the server's catch-all handler either.
     assert "internal error" not in world.stderr_tail(50)
 

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from agent.devserver.admin import MeetingStartState
 from agent.devserver.process import DevServerProcess
 
 _names = itertools.count(1)
+
+SIG = "meetings/webrtc/signaling/"
+LIFE = "meetings/lifecycle/"
+QUERIES = "meetings/queries/"
+GET_USER = "users/queries/getCurrentUser"
+INGEST = "transcripts/ingestion/ingestTranscriptChunk"
+
+REQUEST_ID = re.compile(r"^\[Request ID: ([0-9a-f]{16})\] Server Error(?:\n|$)")
+CONVEX_ERROR = "Uncaught ConvexError: "
+VALIDATION_ERROR = "ArgumentValidationError: "
 
 
 def unique(prefix: str) -> str:
@@ -19,13 +32,36 @@ def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid()}x{next(_names)}"
 
 
-class Api:
-    """One authenticated caller of `/api/run`."""
+def error_detail(body: dict[str, Any]) -> str:
+    """What follows "Server Error" in an error envelope's message (empty when redacted)."""
+    message = body["errorMessage"]
+    match = REQUEST_ID.match(message)
+    assert match, message
+    return str(message[match.end() :])
 
-    def __init__(self, url: str, token: str | None, client: httpx.Client | None = None) -> None:
+
+def thrown_data(body: dict[str, Any]) -> dict[str, Any]:
+    """The ConvexError's data as the development message prints it."""
+    detail = error_detail(body)
+    assert detail.startswith(CONVEX_ERROR), detail
+    data: dict[str, Any] = json.loads(detail[len(CONVEX_ERROR) :])
+    return data
+
+
+class Api:
+    """One caller of `/api/run` (anonymous when `token` is None)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        client: httpx.Client | None = None,
+        error_status: int = 200,
+    ) -> None:
         self.url = url
         self.token = token
         self.client = client or httpx.Client(timeout=30.0)
+        self.error_status = error_status  # the server's --error-status
 
     def call(self, function: str, args: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
         headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
@@ -43,20 +79,28 @@ class Api:
         assert body["status"] == "success", body
         return body["value"]
 
-    def error(self, function: str, status: int = 400, code: str | None = None, **args: Any) -> Any:
-        """Call, expect an error envelope with `status` (and `code`); return the envelope."""
+    def error(self, function: str, code: str | None = None, **args: Any) -> dict[str, Any]:
+        """Call, expect a ConvexError envelope (with `code`) at the server's error status."""
         response = self.call(function, args)
-        body = response.json()
-        assert response.status_code == status, (function, response.status_code, body)
+        body: dict[str, Any] = response.json()
+        assert response.status_code == self.error_status, (function, response.status_code, body)
         assert body["status"] == "error", body
-        assert isinstance(body["errorMessage"], str) and body["errorMessage"]
+        assert isinstance(body["errorMessage"], str) and REQUEST_ID.match(body["errorMessage"])
+        data = body["errorData"]
+        assert set(data) <= {"code", "message", "statusCode", "metadata"}, data
         if code is not None:
-            assert body["errorData"]["code"] == code, body
+            assert data["code"] == code, body
         return body
 
-
-SIG = "meetings/webrtc/signaling/"
-LIFE = "meetings/lifecycle/"
+    def invalid(self, function: str, **args: Any) -> str:
+        """Call, expect an argument validation failure; returns its text after "Server Error"."""
+        response = self.call(function, args)
+        body = response.json()
+        assert response.status_code == self.error_status, (function, response.status_code, body)
+        assert body["status"] == "error" and "errorData" not in body, body
+        detail = error_detail(body)
+        assert detail.startswith(VALIDATION_ERROR), detail
+        return detail
 
 
 @dataclass
@@ -71,15 +115,16 @@ class MeetingSetup:
 
 
 def setup_meeting(
-    server: DevServerProcess, *roles: str, client: httpx.Client | None = None
+    server: DevServerProcess,
+    *roles: str,
+    client: httpx.Client | None = None,
+    state: MeetingStartState = "active",
 ) -> tuple[MeetingSetup, list[str]]:
-    """An active meeting whose first user hosts; `roles` are name prefixes made unique.
-
-    Returns the setup and the unique names in the order given.
-    """
+    """A meeting (active unless `state` says scheduled) whose first user hosts; `roles` are name
+    prefixes made unique. Returns the setup and the unique names in the order given."""
     names = [unique(r) for r in roles]
-    meeting_id = server.meeting(names[0], names[1:])
+    meeting_id = server.meeting(names[0], names[1:], state=state)
     setup = MeetingSetup(server, meeting_id, {n: server.user_id(n) for n in names})
     for n in names:
-        setup.apis[n] = Api(server.url, server.token(n), client)
+        setup.apis[n] = Api(server.url, server.token(n), client, server.error_status)
     return setup, names

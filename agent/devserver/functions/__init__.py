@@ -1,15 +1,15 @@
-"""The served functions: path -> handler, exactly the paths of `models.FUNCTION_ARGS`."""
+"""The served functions: path -> declaration (kind, argument validator, handler)."""
 
 from __future__ import annotations
 
 from agent.devserver.functions import lifecycle, queries, signaling, transcripts
-from agent.devserver.functions.base import Context, FunctionError, Handler
+from agent.devserver.functions.base import Context, Function, Handler
 
-HANDLERS: dict[str, Handler] = {
-    **signaling.HANDLERS,
-    **lifecycle.HANDLERS,
-    **queries.HANDLERS,
-    **transcripts.HANDLERS,
+FUNCTIONS: dict[str, Function] = {
+    **signaling.FUNCTIONS,
+    **lifecycle.FUNCTIONS,
+    **queries.FUNCTIONS,
+    **transcripts.FUNCTIONS,
 }
 
-__all__ = ["HANDLERS", "Context", "FunctionError", "Handler"]
+__all__ = ["FUNCTIONS", "Context", "Function", "Handler"]

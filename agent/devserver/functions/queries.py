@@ -5,32 +5,37 @@ from __future__ import annotations
 from typing import Any
 
 from agent.devserver.functions.base import (
+    Args,
     Context,
-    HandlerMap,
+    FunctionMap,
     drop_none,
     participant_of,
-    public_role,
+    query,
     user_summary,
 )
-from agent.signaling.models import GetCurrentUserArgs, MeetingArgs
+from agent.devserver.validators import v
 
 _ACTIVE = "('connecting', 'connected', 'disconnected')"
+MEETING_ONLY = v.object({"meetingId": v.id("meetings")})
 
 
-def get_meeting(ctx: Context, args: MeetingArgs) -> dict[str, Any]:
-    meeting, participant = participant_of(ctx, args.meetingId)
+def get_meeting(ctx: Context, args: Args) -> dict[str, Any] | None:
+    participant = participant_of(ctx, args["meetingId"])
+    meeting = ctx.store.meeting(args["meetingId"])
+    if meeting is None:
+        return None
     count_row = ctx.store.one(
-        "SELECT COUNT(*) AS n FROM participants WHERE meeting_id = ?", (args.meetingId,)
+        "SELECT COUNT(*) AS n FROM participants WHERE meeting_id = ?", (args["meetingId"],)
     )
     sessions_row = ctx.store.one(
         f"SELECT COUNT(*) AS n FROM sessions WHERE meeting_id = ? AND state IN {_ACTIVE}",
-        (args.meetingId,),
+        (args["meetingId"],),
     )
     assert count_row is not None and sessions_row is not None
     return drop_none(
         {
             "_id": meeting["id"],
-            "_creationTime": meeting["created_at"],
+            "_creationTime": float(meeting["created_at"]),
             "organizerId": meeting["organizer_id"],
             "title": meeting["title"],
             "description": meeting["description"],
@@ -40,7 +45,7 @@ def get_meeting(ctx: Context, args: MeetingArgs) -> dict[str, Any]:
             "participantCount": count_row["n"],
             "webrtcEnabled": True,
             "activeWebRTCSessions": sessions_row["n"],
-            "userRole": public_role(participant["role"]),
+            "userRole": participant["role"],
             "userPresence": participant["presence"],
             "createdAt": meeting["created_at"],
             "updatedAt": meeting["updated_at"],
@@ -48,12 +53,12 @@ def get_meeting(ctx: Context, args: MeetingArgs) -> dict[str, Any]:
     )
 
 
-def list_meeting_participants(ctx: Context, args: MeetingArgs) -> list[dict[str, Any]]:
-    participant_of(ctx, args.meetingId)
-    rows = ctx.store.participants(args.meetingId)
+def list_meeting_participants(ctx: Context, args: Args) -> list[dict[str, Any]]:
+    participant_of(ctx, args["meetingId"])
+    rows = ctx.store.participants(args["meetingId"])
+    # As Connvo: the count is of every session the user has in the meeting, whatever its state.
     sessions = ctx.store.all(
-        f"SELECT user_id, state FROM sessions WHERE meeting_id = ? AND state IN {_ACTIVE}",
-        (args.meetingId,),
+        "SELECT user_id, state FROM sessions WHERE meeting_id = ?", (args["meetingId"],)
     )
     result = []
     for p in rows:
@@ -62,10 +67,10 @@ def list_meeting_participants(ctx: Context, args: MeetingArgs) -> list[dict[str,
             drop_none(
                 {
                     "_id": p["id"],
-                    "_creationTime": p["created_at"],
+                    "_creationTime": float(p["created_at"]),
                     "meetingId": p["meeting_id"],
                     "userId": p["user_id"],
-                    "role": public_role(p["role"]),
+                    "role": p["role"],
                     "presence": p["presence"],
                     "joinedAt": p["joined_at"],
                     "leftAt": p["left_at"],
@@ -79,12 +84,16 @@ def list_meeting_participants(ctx: Context, args: MeetingArgs) -> list[dict[str,
     return result
 
 
-def get_current_user(ctx: Context, args: GetCurrentUserArgs) -> dict[str, Any]:
+def get_current_user(ctx: Context, args: Args) -> dict[str, Any] | None:
+    # No guard here: without an identity, or for an identity without a Connvo user, the answer is
+    # null (so that signed-out clients can subscribe without errors).
     u = ctx.user
+    if ctx.identity is None or u is None:
+        return None
     return drop_none(
         {
             "_id": u["id"],
-            "_creationTime": u["created_at"],
+            "_creationTime": float(u["created_at"]),
             "workosUserId": u["workos_user_id"],
             "email": u["email"],
             "displayName": u["display_name"],
@@ -95,8 +104,8 @@ def get_current_user(ctx: Context, args: GetCurrentUserArgs) -> dict[str, Any]:
     )
 
 
-HANDLERS: HandlerMap = {
-    "meetings/queries/getMeeting": get_meeting,
-    "meetings/queries/listMeetingParticipants": list_meeting_participants,
-    "users/queries/getCurrentUser": get_current_user,
+FUNCTIONS: FunctionMap = {
+    "meetings/queries/getMeeting": query(MEETING_ONLY, get_meeting),
+    "meetings/queries/listMeetingParticipants": query(MEETING_ONLY, list_meeting_participants),
+    "users/queries/getCurrentUser": query(v.object({}), get_current_user),
 }

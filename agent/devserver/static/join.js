@@ -51,6 +51,15 @@
 
   // --- the HTTP API ----------------------------------------------------------------------------
 
+  // One line for an error envelope: the ConvexError's code and message when there is one, else
+  // the development deployment's explanation (or just "Server Error" from a production one).
+  function functionError(body) {
+    const data = body.errorData;
+    if (data && typeof data.code === 'string') return `${data.code}: ${data.message || ''}`.trim();
+    const lines = String(body.errorMessage || '').split('\n').map((l) => l.trim()).filter(Boolean);
+    return lines.slice(1).join(' ') || lines[0] || 'function error';
+  }
+
   async function run(path, args, { keepalive = false } = {}) {
     for (let attempt = 1; ; attempt++) {
       let res;
@@ -65,12 +74,20 @@
         await sleep(100 * 2 ** attempt);
         continue;
       }
+      let body = null;
+      try { body = await res.json(); } catch (err) { /* not JSON */ }
+      const envelope = body !== null && typeof body === 'object' &&
+        (body.status === 'success' || body.status === 'error');
+      if (envelope && res.ok && body.status === 'success') return body.value;
+      // A function that threw answers an error envelope with 200, 400 or 560 alike: final.
+      if (envelope && body.status === 'error') {
+        throw new Error(`${path}: ${functionError(body)}`);
+      }
       const transient = res.status === 429 || res.status >= 500;
       if (transient && attempt < 4) { await sleep(100 * 2 ** attempt); continue; }
-      let body = null;
-      try { body = await res.json(); } catch (err) { /* not an envelope */ }
-      if (body && body.status === 'success') return body.value;
-      throw new Error(`${path}: ${(body && body.errorMessage) || 'HTTP ' + res.status}`);
+      // The transport's own errors are {code, message}.
+      const said = body && typeof body === 'object' && body.message;
+      throw new Error(`${path}: HTTP ${res.status}${said ? ' ' + said : ''}`);
     }
   }
 
@@ -371,7 +388,8 @@
     if (signal.fromUserId === state.userId) return;
     let peer = state.peers.get(signal.sessionId);
     if (!peer) {
-      if (signal.toUserId === null) return; // a broadcast for no existing connection
+      // Rows do not say whether a signal was a broadcast: any offer (or candidate) from an unknown
+      // session opens a connection to it.
       const opens = signal.type === 'ice' || signal.data.type === 'offer';
       if (!opens || state.closedSessions.has(signal.sessionId)) return;
       peer = openPeer(signal.sessionId, signal.fromUserId, { calling: false });
@@ -556,7 +574,7 @@
       body: JSON.stringify({ name, meeting: meetingId }),
     });
     const issued = await res.json();
-    if (!res.ok) throw new Error('token: ' + (issued.errorMessage || res.status));
+    if (!res.ok) throw new Error('token: ' + (issued.message || res.status));
     state.token = issued.token;
     state.meetingId = meetingId;
     const me = await run('users/queries/getCurrentUser', {});
