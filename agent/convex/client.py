@@ -30,6 +30,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from agent.convex.envelope import ErrorDescription, describe_error
 from agent.convex.errors import (
     AuthError,
     ConvexError,
@@ -43,13 +44,17 @@ from agent.convex.transport import ConvexTransport
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-AUTH_CODES = frozenset({"UNAUTHENTICATED"})
+# Connvo's guards throw UNAUTHORIZED for a missing or unknown identity; UNAUTHENTICATED is the
+# name other Convex apps use for the same thing.
+AUTH_CODES = frozenset({"UNAUTHORIZED", "UNAUTHENTICATED"})
 # Requests one identity has on the wire at once, as a browser keeps at most six connections to one
 # origin. Fifty answers at once then queue briefly for kept-alive connections instead of opening
 # fifty new ones: a loaded server accepts and reads a new connection turns of its event loop later
 # (the dev backend under a 50-offer burst: 120-330 ms for a new connection's first request against
 # 10-30 ms on a kept-alive one), and a real backend costs a TLS handshake per new connection.
 MAX_IN_FLIGHT = 6
+# Some Convex clients see a function's error envelope with this status; it is not a server fault.
+FUNCTION_ERROR_STATUS_560 = 560
 
 # (function, outcome, seconds) for metrics; outcome is "ok", "function_error", "auth_error",
 # "transient" or "protocol_error".
@@ -258,29 +263,26 @@ class ConvexClient:
         status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         envelope = _decode_envelope(response)
-        message = ""
-        data: dict[str, Any] = {}
+        error: ErrorDescription | None = None
         if envelope is not None and envelope.get("status") == "error":
-            message = str(envelope.get("errorMessage", ""))[:500]
-            raw_data = envelope.get("errorData")
-            data = raw_data if isinstance(raw_data, dict) else {}
-            if not isinstance(data.get("code"), str | None):
-                data = {**data, "code": None}  # a code that is not a string is no code
+            error = describe_error(envelope.get("errorMessage"), envelope.get("errorData"))
+        message = error.message if error is not None else ""
 
         if status in TRANSIENT_STATUS:
             raise TransientError(
                 function, f"HTTP {status} {message}".strip(), retry_after=retry_after, status=status
             )
-        if status in (401, 403) or data.get("code") in AUTH_CODES:
+        if status in (401, 403) or (error is not None and error.data.get("code") in AUTH_CODES):
             raise AuthError(function, message or f"HTTP {status}")
         if envelope is None:
-            if status >= 500:
+            if status >= 500 and status != FUNCTION_ERROR_STATUS_560:
                 raise TransientError(function, f"HTTP {status} without an envelope", status=status)
             raise ProtocolError(function, f"HTTP {status}: not a Convex envelope", status)
-        if envelope.get("status") == "success" and status == 200:
+        if error is not None:
+            # 200, 400 and 560 alike: the function ran and threw.
+            raise FunctionError(function, message, error.data, status, request_id=error.request_id)
+        if status == 200:
             return envelope.get("value")
-        if envelope.get("status") == "error":
-            raise FunctionError(function, message or "function failed", data, status)
         raise ProtocolError(function, f"HTTP {status}: unexpected envelope status", status)
 
 

@@ -15,23 +15,41 @@ class ConvexError(Exception):
 
 
 class FunctionError(ConvexError):
-    """The function ran and threw (bad args, not found, forbidden, inactive meeting...)."""
+    """The function ran and threw (bad args, not found, forbidden, inactive meeting...).
+
+    `message` is one line: the function's `code: message` when it threw a ConvexError, the path
+    and validator of the first failure for an argument validation error, else what the server
+    said ("Server Error" from a production deployment). `data` is `errorData` (a ConvexError's
+    `{code, message, statusCode, metadata}`), empty when the server sent none.
+    """
 
     def __init__(
-        self, function: str, message: str, data: dict[str, Any] | None, status: int
+        self,
+        function: str,
+        message: str,
+        data: dict[str, Any] | None,
+        status: int,
+        *,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(function, message)
         self.data: dict[str, Any] = data or {}
         self.status = status
+        self.request_id = request_id
 
     @property
     def code(self) -> str | None:
         code = self.data.get("code")
         return code if isinstance(code, str) else None
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        metadata = self.data.get("metadata")
+        return metadata if isinstance(metadata, dict) else {}
+
 
 class AuthError(ConvexError):
-    """The token was missing, expired or rejected."""
+    """The token was missing, expired or rejected, or its identity is not a Connvo user."""
 
 
 class TransientError(ConvexError):

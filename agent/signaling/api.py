@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from agent.convex import ConvexClient, ProtocolError
+from agent.convex import AuthError, ConvexClient, ProtocolError
 from agent.signaling import models as m
 
 T = TypeVar("T")
@@ -153,7 +153,17 @@ class ConnvoApi:
         )
 
     async def get_current_user(self) -> m.CurrentUser:
-        return await self._call("users/queries/getCurrentUser", m._Args(), m.CurrentUser)
+        """The token's Connvo user; AuthError when the token is valid but names nobody in Connvo
+        (the function answers null then, not an error)."""
+        function = "users/queries/getCurrentUser"
+        user: m.CurrentUser | None = await self._call(function, m._Args(), m.CurrentUser | None)
+        if user is None:
+            raise AuthError(
+                function,
+                "the token is valid but its identity is not a Connvo user"
+                " (sign in to Connvo once with this account, or use another token)",
+            )
+        return user
 
     async def get_meeting(self, meeting_id: str) -> m.Meeting:
         return await self._call(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.agent.conftest import Meeting
+from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT
 from tests.support.waiting import poll_until
 
@@ -140,6 +142,42 @@ async def test_bad_flags_exit_with_one_line(meeting: Meeting, tmp_path: Path, ar
     assert len(lines) == 1, lines
     assert lines[0].startswith("connvo-agent: error:")
     assert message in lines[0]
+
+
+async def one_line_failure(meeting: Meeting, tmp_path: Path) -> str:
+    """Run the agent until it exits; it must fail with exactly one line (no traceback)."""
+    proc = await start_agent(meeting, tmp_path, "--log-level", "error")
+    async with asyncio.timeout(TIMEOUT):
+        _, stderr = await proc.communicate()
+    lines = [line for line in stderr.decode().splitlines() if line.strip()]
+    assert proc.returncode == 1, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("connvo-agent: error: backend: ")
+    return lines[0]
+
+
+async def test_a_token_of_no_connvo_user_is_one_line(meeting: Meeting, tmp_path: Path) -> None:
+    # The token verifies, but its identity has no Connvo user: getCurrentUser answers null.
+    stranger = dataclasses.replace(
+        meeting, tokens={**meeting.tokens, "bot": meeting.server.token_without_user("stranger")}
+    )
+    line = await one_line_failure(stranger, tmp_path)
+    assert "not a Connvo user" in line
+
+
+@pytest.mark.parametrize(("error_status", "redact"), [(200, False), (400, True), (560, True)])
+async def test_joining_a_scheduled_meeting_is_one_line(
+    devserver_factory: Any, tmp_path: Path, error_status: int, redact: bool
+) -> None:
+    # The reason comes from errorData, also from a production deployment (whose errorMessage says
+    # only "Server Error"), whatever the status the error envelope comes with.
+    server = devserver_factory(error_status=error_status, redact=redact)
+    meeting = make_meeting(server, ["bot", "alice"])
+    scheduled = server.meeting("alice", ["bot"], state="scheduled")
+    line = await one_line_failure(dataclasses.replace(meeting, id=scheduled), tmp_path)
+    assert "VALIDATION_ERROR: Cannot join inactive meeting" in line
+    if redact:
+        assert "Request ID" not in line
 
 
 async def test_metrics_served_while_running(meeting: Meeting, tmp_path: Path) -> None:

@@ -37,7 +37,10 @@ async def test_success_and_typed_function_error(devserver: Any) -> None:
         devserver.reset_stats()
         with pytest.raises(FunctionError) as info:
             await client.run("meetings/queries/getMeeting", {"meetingId": "nope"})
-        assert info.value.code == "BAD_ARGS" and "meetingId" in info.value.message
+        # argument validation: no errorData, one line naming the path and the validator
+        assert info.value.code is None and info.value.data == {}
+        assert "path .meetingId" in info.value.message and 'v.id("meetings")' in info.value.message
+        assert "\n" not in str(info.value)
         # a function error is final: exactly one request
         assert calls(devserver, "meetings/queries/getMeeting") == 1
 
@@ -101,6 +104,31 @@ async def test_auth_errors_and_token_file_rotation(devserver: Any, tmp_path: Pat
         assert (await client.run(WHO, {}))["_id"] == devserver.user_id("ann")
         assert calls(devserver) == 2  # one refused with the old token, one with the new
         assert good not in repr(client) and good not in repr(TokenSource(path=token_file))
+
+
+async def test_a_token_without_a_connvo_user_is_an_auth_error(devserver: Any) -> None:
+    # The token verifies, but no Connvo user is behind it: functions answer UNAUTHORIZED.
+    token = TokenSource(value=devserver.token_without_user("stranger"))
+    meeting = devserver.meeting("ann", ["bob"])
+    async with ConvexClient(devserver.url, token, retry=FAST) as client:
+        with pytest.raises(AuthError, match="UNAUTHORIZED: User not provisioned"):
+            await client.run("meetings/queries/getMeeting", {"meetingId": meeting})
+        assert await client.run(WHO, {}) is None  # getCurrentUser: null, not an error
+
+
+@pytest.mark.parametrize(("status", "redact"), [(200, False), (400, False), (560, True)])
+async def test_function_errors_read_alike_at_every_status(
+    devserver_factory: Any, status: int, redact: bool
+) -> None:
+    server = devserver_factory(error_status=status, redact=redact)
+    scheduled = server.meeting("ann", ["bob"], state="scheduled")
+    async with ConvexClient(server.url, TokenSource(value=server.token("bob"))) as client:
+        with pytest.raises(FunctionError) as info:
+            await client.run("meetings/lifecycle/joinMeeting", {"meetingId": scheduled})
+    error = info.value
+    assert error.code == "VALIDATION_ERROR" and error.request_id
+    assert error.message == "VALIDATION_ERROR: Cannot join inactive meeting"
+    assert "\n" not in str(error)
 
 
 def established_to(port: int) -> int:
