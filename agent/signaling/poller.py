@@ -15,6 +15,13 @@ cursor is therefore only used to page through a backlog while pages come back fu
 first short page the next poll starts from the beginning again, so a newer signal whose id sorts
 below the cursor is never skipped. Already-handled ids that come back are re-acknowledged, not
 re-applied.
+
+End-of-candidates: ICE takes no candidate after the marker, and a page can bring a sender's
+marker before one of its earlier candidates (ids that do not sort by time, a cursor paging past a
+backlog). A marker is therefore delivered only by a drain that saw everything pending (a whole
+view, below), together with whatever else that drain brought, in send order; a marker fetched by
+any other drain is held until the next whole view. By then every signal sent before the marker
+has been delivered, whatever page it was on.
 """
 
 from __future__ import annotations
@@ -81,6 +88,10 @@ class _NoObserver:
         pass
 
 
+def ends_candidates(signal: Signal) -> bool:
+    return signal.type == "ice" and signal.candidate.ends_candidates
+
+
 def send_order(signal: Signal) -> tuple[float, int]:
     """Key for a stable sort into send order: the server timestamp first.
 
@@ -104,6 +115,7 @@ class PollerStats:
     ack_failures: int = 0
     poll_errors: int = 0
     reapplied: int = 0  # signals handled although already recorded: must stay 0
+    markers_held: int = 0  # end-of-candidates markers held back for a whole view
     # seconds from server insert to handled (bounded: the most recent ones), for reports; the
     # "active" ones were fetched while polling fast (negotiating), the rest by an idle poll
     idle_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -151,6 +163,9 @@ class SignalPoller:
         self._brought_new = False  # the last drain delivered new signals
         self._interval = fast_interval
         self._cursor: str | None = store.get_meta(CURSOR_KEY)
+        # End-of-candidates markers fetched by a drain that did not see everything pending: an
+        # earlier candidate of the same sender may still be on a page not fetched yet.
+        self._held_markers: dict[str, Signal] = {}
         # Polls that returned every signal pending at the backend: a short page from the start
         # (both generations then hold fewer than a page in all). A signal pending when such a
         # poll was made was delivered by it; while a backlog keeps pages full there are none.
@@ -198,7 +213,10 @@ class SignalPoller:
             if replay:
                 log.info("applying %d signals received before a restart", len(replay))
             for signal in sorted(replay, key=send_order):
-                self.sink.deliver(signal)
+                if ends_candidates(signal):
+                    self._held_markers[signal.id] = signal  # until the first whole view
+                else:
+                    self.sink.deliver(signal)
             await self._poll_loop()
 
     async def flush_acks(self) -> None:
@@ -269,6 +287,7 @@ class SignalPoller:
         batch: dict[str, Signal] = {}
         rows: dict[str, Any] = {}
         full = False
+        whole = False  # this drain saw every signal pending at the backend
         active = self._interval <= self.fast_interval
         for _ in range(MAX_PAGES_PER_CYCLE):
             started = time.perf_counter()
@@ -279,6 +298,7 @@ class SignalPoller:
             full = len(page) >= PAGE_SIZE
             if from_start and not full:
                 self.whole_views += 1
+                whole = True
             page_ids = [row["_id"] for row in page if _has_id(row)]
             for row in page:
                 self._take(row, batch, rows)
@@ -293,10 +313,22 @@ class SignalPoller:
             for signal_id in batch:
                 self._queue_ack(signal_id)
         now = time.time()
-        for signal in sorted(batch.values(), key=send_order):
+        for signal in batch.values():
             self._in_flight[signal.id] = active
             if active:
                 self.stats.active_fetch_latencies.append(max(0.0, now - signal.timestamp / 1000.0))
+        deliver = list(batch.values())
+        if whole:
+            deliver += self._held_markers.values()
+            self._held_markers = {}
+        else:
+            for signal in deliver:
+                if ends_candidates(signal):
+                    self._held_markers[signal.id] = signal
+                    self.stats.markers_held += 1
+            if self._held_markers:
+                deliver = [s for s in deliver if s.id not in self._held_markers]
+        for signal in sorted(deliver, key=send_order):
             self.sink.deliver(signal)
         self._brought_new = bool(batch)
         if batch:
