@@ -112,6 +112,7 @@ class AgentSettings(BaseSettings):
     ice_restart_after: Seconds = 5.0
     media_timeout: Seconds = 5.0
     discovery_interval: Seconds = 10.0
+    meeting_check_interval: Seconds = 15.0
     request_timeout: Seconds = 10.0
     max_retries: int = Field(default=6, ge=0, le=100)
     max_requests_in_flight: int = Field(default=6, ge=1, le=100)

@@ -4,8 +4,12 @@ Rules (see the README, "How the agent negotiates"):
 - a session is keyed by the remote's session id; its first signal fixes its remote user, and a later
   signal for it from another user is rejected;
 - only an offer or an ICE candidate (which may arrive before its offer) opens a session; an
-  answer or rollback for an unknown session is acknowledged and ignored, as is a broadcast;
+  answer or rollback for an unknown session is acknowledged and ignored. Rows do not say whether
+  a signal was a broadcast, so a broadcast is handled like a direct signal;
 - an offer from a new session of a user who already has one replaces the old session (a reload);
+- with call_everyone, a listed session that never answers is called at most MAX_CALL_TRIES times,
+  with growing pauses, then left alone until it signals or its row at the backend changes: the
+  backend never expires the row of a client that crashed;
 - the agent's own session row at the backend reports the aggregate state of its connections.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -40,6 +45,19 @@ CLOSED_MEMORY_S = 600.0
 # A session opened by a lone early candidate whose offer is not at the backend is dropped after
 # this, once a poll has seen everything pending (behind a backlog the offer may be hidden).
 ORPHAN_TIMEOUT_S = 10.0
+# Calls to a listed session that never connects: this many, each after the previous one ended
+# (session_timeout at most) plus the pause before it.
+MAX_CALL_TRIES = 3
+CALL_RETRY_PAUSES_S = (30.0, 120.0)
+
+
+@dataclass
+class _CallRecord:
+    """Unanswered calls to one remote session (forgotten once it connects or signals)."""
+
+    tries: int = 0
+    next_at: float = 0.0  # monotonic: not before this
+    row: tuple[str, float] | None = None  # (state, updatedAt) of its row when last called
 
 
 @dataclass
@@ -55,6 +73,9 @@ class ManagerSettings:
     concurrent_negotiations: int = 4
     # with call_everyone: whom to call (e.g. only a hub, for a star topology); None = everyone
     call_filter: Callable[[ActiveSession], bool] | None = None
+    # with call_everyone: calls to a session that never connects, and the pauses between them
+    max_call_tries: int = MAX_CALL_TRIES
+    call_retry_pauses: tuple[float, ...] = CALL_RETRY_PAUSES_S
 
 
 TrackConsumer = Callable[[PeerSession, MediaStreamTrack], Coroutine[Any, Any, None] | None]
@@ -85,7 +106,9 @@ class SessionManager:
         # sessions opened by a candidate, no description yet -> whole views when opened
         self._awaiting_offer: dict[str, int] = {}
         self._closed: dict[str, float] = {}  # remote session id -> when it closed
+        self._closed_wall: dict[str, float] = {}  # the same, epoch seconds (vs. signal times)
         self._seen_active: set[str] = set()
+        self._calls: dict[str, _CallRecord] = {}  # remote session id -> unanswered calls
         self._negotiation_gate = asyncio.Semaphore(settings.concurrent_negotiations)
         self._tasks: asyncio.TaskGroup | None = None
         self._report_wake = asyncio.Event()
@@ -113,8 +136,11 @@ class SessionManager:
         self._kick()
 
     def state_changed(self, session: PeerSession) -> None:
+        if session.state is PeerState.CONNECTED:
+            self._calls.pop(session.remote_session_id, None)
         if session.state is PeerState.CLOSED:
             self._closed[session.remote_session_id] = time.monotonic()
+            self._closed_wall[session.remote_session_id] = time.time()
             if self.sessions.get(session.remote_session_id) is session:
                 del self.sessions[session.remote_session_id]
         if self._on_state is not None:
@@ -147,12 +173,19 @@ class SessionManager:
         if signal.fromUserId == self.local.user_id:
             self._ignore(signal, "own signal")
             return
-        if signal.broadcast:
-            self._ignore(signal, "broadcast for no existing session")
-            return
-        if signal.sessionId in self._closed:
-            self._ignore(signal, "session already closed")
-            return
+        self._calls.pop(signal.sessionId, None)  # it is alive: calls to it may start over
+        closed_at = self._closed.get(signal.sessionId)
+        if closed_at is not None:
+            fresh_offer = (
+                signal.type == "sdp"
+                and signal.description.type == "offer"
+                and signal.timestamp / 1000 > self._closed_wall.get(signal.sessionId, math.inf)
+            )
+            if not fresh_offer:
+                self._ignore(signal, "session already closed")
+                return
+            # An offer sent after the agent closed that session (e.g. gave up calling it).
+            del self._closed[signal.sessionId]
         opens = signal.type == "ice" or signal.description.type == "offer"
         if not opens:
             self._ignore(signal, f"{signal.description.type} for an unknown session")
@@ -258,6 +291,8 @@ class SessionManager:
                     assert self._tasks is not None
                     self._tasks.create_task(session.close("remote left"))
         self._seen_active = present
+        for session_id in [k for k in self._calls if k not in present]:
+            del self._calls[session_id]  # no longer listed: nothing more to call
         now = time.monotonic()
         for session_id, views in list(self._awaiting_offer.items()):
             session = self.sessions.get(session_id)
@@ -271,9 +306,34 @@ class SessionManager:
             wanted = self.settings.call_filter or (lambda remote: True)
             for remote in _newest_per_user([a for a in others if wanted(a)]):
                 known = {s.remote_user_id for s in self.sessions.values()}
-                if remote.userId not in known and remote.sessionId not in self._closed:
+                if remote.userId not in known and self._may_call(remote, now):
                     self.call(remote.sessionId, remote.userId)
         return changed
+
+    def _may_call(self, remote: ActiveSession, now: float) -> bool:
+        """Whether to call this listed session now (and count the call if so)."""
+        record = self._calls.setdefault(remote.sessionId, _CallRecord())
+        row = (remote.state, remote.updatedAt)
+        if record.row is not None and record.row != row:
+            # Its client updated its row since the last call: alive after all, start over.
+            log.info("session %s changed at the backend; calling it again", remote.sessionId)
+            record.tries, record.next_at = 0, 0.0
+        tries, pauses = self.settings.max_call_tries, self.settings.call_retry_pauses
+        if record.tries >= tries or now < record.next_at:
+            return False
+        record.tries += 1
+        record.row = row
+        pause = pauses[min(record.tries, len(pauses)) - 1] if pauses else 0.0
+        record.next_at = now + self.settings.session.session_timeout + pause
+        if record.tries == tries:
+            log.info(
+                "session %s of user %s: last call (%d unanswered); left alone afterwards until"
+                " it signals or its row changes",
+                remote.sessionId,
+                remote.userId,
+                tries - 1,
+            )
+        return True
 
     async def _drop_orphan(self, session: PeerSession) -> None:
         log.info("%s: no offer for its candidates; dropped", session)
@@ -285,6 +345,7 @@ class SessionManager:
     def _forget_old_closed(self) -> None:
         cutoff = time.monotonic() - CLOSED_MEMORY_S
         self._closed = {k: t for k, t in self._closed.items() if t >= cutoff}
+        self._closed_wall = {k: t for k, t in self._closed_wall.items() if k in self._closed}
 
     # --- the own session's state at the backend ----------------------------------------------
 

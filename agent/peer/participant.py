@@ -22,7 +22,13 @@ from aiortc import MediaStreamTrack
 
 from agent.convex import ConvexError, FunctionError
 from agent.peer.ice import to_rtc_ice_servers
-from agent.peer.manager import ManagerSettings, SessionManager, TrackConsumer
+from agent.peer.manager import (
+    CALL_RETRY_PAUSES_S,
+    MAX_CALL_TRIES,
+    ManagerSettings,
+    SessionManager,
+    TrackConsumer,
+)
 from agent.peer.session import LocalIdentity, PeerSession, PeerState, SessionSettings
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import ActiveSession
@@ -48,14 +54,24 @@ class ParticipantSettings:
     discovery_interval: float = 10.0
     discovery_first_interval: float = 1.0
     call_filter: Callable[[ActiveSession], bool] | None = None
+    # with call_everyone: calls to a listed session that never connects, and the pauses between
+    max_call_tries: int = MAX_CALL_TRIES
+    call_retry_pauses: tuple[float, ...] = CALL_RETRY_PAUSES_S
     session: SessionSettings = field(default_factory=SessionSettings)
     # None: take the ICE servers from getMeetingConnectionInfo
     ice_servers_override: list[str] | None = None
     shutdown_timeout: float = 4.0
+    # How often getMeeting is asked whether the meeting ended or this identity was removed: no
+    # signaling function checks the meeting's state. 15 s keeps an idle agent within one request
+    # per second in all (polls 0.8/s, discovery 0.1/s, this 0.07/s, state reports).
+    meeting_check_interval: float = 15.0
 
 
 class MeetingGone(Exception):
-    """The meeting can no longer be read by this identity (ended, or access withdrawn)."""
+    """The meeting can no longer be read by this identity (access withdrawn, or deleted)."""
+
+
+ENDED_MEETING_STATES = frozenset({"concluded", "cancelled"})
 
 
 class Participant:
@@ -83,6 +99,8 @@ class Participant:
         self.joined_at: float | None = None
         self._gone: BaseException | None = None
         self._owns_state = False
+        # Why the participant left on its own (e.g. "meeting ended"); None while it is in.
+        self.left_because: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Join, then negotiate until `stop` is set (or the meeting goes away), then leave."""
@@ -108,9 +126,8 @@ class Participant:
         if not self._owns_state:
             log.warning("state file %s is in use by another participant", self.store.path)
         reused = self.store.get_meta(OWN_SESSION_KEY) if self._owns_state else None
-        session_id = s.session_id or reused or uuid.uuid4().hex
         try:
-            await self.api.create_webrtc_session(s.meeting_id, session_id)
+            session_id = await self._open_own_session(s.session_id, reused)
         except BaseException:
             if self._owns_state:
                 _unlock_state(self.store.path)
@@ -129,6 +146,8 @@ class Participant:
                 discovery_interval=s.discovery_interval,
                 discovery_first_interval=s.discovery_first_interval,
                 call_filter=s.call_filter,
+                max_call_tries=s.max_call_tries,
+                call_retry_pauses=s.call_retry_pauses,
             ),
             local_tracks=self._local_tracks,
             on_track=self._on_track,
@@ -148,6 +167,37 @@ class Participant:
         self.manager.bind_poller(poller.handled, poller.kick, lambda: poller.whole_views)
         log.info("joined meeting %s as user %s, session %s", s.meeting_id, user.id, session_id)
 
+    async def _open_own_session(self, wanted: str | None, reused: str | None) -> str:
+        """Create (or take back) the own session row and make sure it is live.
+
+        After a restart the same state dir gives back the same session id, so remote peers keep
+        talking to one session of ours and no dead row is left listed (nothing expires at the
+        backend). createWebRTCSession returns an existing row as it is, closed or not, and even
+        when another user owns it; so the row is then reopened with updateSessionState, which
+        only succeeds on a row of the caller's own.
+        """
+        meeting_id = self.settings.meeting_id
+        session_id = wanted or reused or uuid.uuid4().hex
+        await self.api.create_webrtc_session(meeting_id, session_id)
+        if session_id != reused and session_id != wanted:
+            return session_id  # a fresh random id: the row was just created, connecting
+        try:
+            await self.api.update_session_state(meeting_id, session_id, "connecting")
+        except FunctionError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            if session_id == wanted:
+                raise FunctionError(
+                    exc.function,
+                    f"session id {session_id!r} belongs to another participant of this meeting",
+                    exc.data,
+                    exc.status,
+                ) from None
+            log.info("remembered session %s is not ours at the backend; a new one", session_id)
+            session_id = uuid.uuid4().hex
+            await self.api.create_webrtc_session(meeting_id, session_id)
+        return session_id
+
     async def _serve(self, stop: asyncio.Event) -> None:
         assert self.manager is not None and self.poller is not None
         async with asyncio.TaskGroup() as tasks:
@@ -158,8 +208,10 @@ class Participant:
             poller_task = tasks.create_task(self._poll(), name="poller")
             tasks.create_task(self._restore_peers(), name="restore-peers")
             stop_task = tasks.create_task(stop.wait(), name="stop")
+            watch_task = tasks.create_task(self._watch_meeting(), name="meeting-watch")
             await asyncio.wait(
-                {manager_task, poller_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+                {manager_task, poller_task, stop_task, watch_task},
+                return_when=asyncio.FIRST_COMPLETED,
             )
             # Sessions close before the poller stops, so their last signals are acknowledged.
             # Bounded: leaving (below, in _leave) must still have time to report and leave.
@@ -169,7 +221,7 @@ class Participant:
             except TimeoutError:
                 open_ = [s for s in self.manager.sessions.values() if not s.closed.is_set()]
                 log.warning("%d session(s) still closing when the agent left", len(open_))
-            for task in (manager_task, poller_task, stop_task):
+            for task in (manager_task, poller_task, stop_task, watch_task):
                 task.cancel()
         if self._gone is not None:
             raise MeetingGone(str(self._gone)) from self._gone
@@ -217,6 +269,32 @@ class Participant:
                 self.manager.call(session_id, user_id)
             elif session.pc is None and session.remote_user_id == user_id:
                 session.request_offer("restored after a restart")
+
+    async def _watch_meeting(self) -> None:
+        """Return once the meeting has ended or this identity is no longer in it.
+
+        Signaling goes on working after endMeeting (no signaling function checks the meeting's
+        state), so only getMeeting tells. A meeting that ended is a normal end (left_because is
+        set); one that can no longer be read (not a participant any more) is MeetingGone.
+        """
+        interval = self.settings.meeting_check_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                meeting = await self.api.get_meeting(self.settings.meeting_id)
+            except FunctionError as exc:
+                if exc.code in ("FORBIDDEN", "NOT_FOUND"):
+                    self._gone = exc
+                    return
+                log.warning("could not check the meeting's state: %s", exc)
+                continue
+            except ConvexError as exc:
+                log.warning("could not check the meeting's state: %s", exc)
+                continue
+            if meeting.state in ENDED_MEETING_STATES:
+                self.left_because = f"meeting {meeting.state}"
+                log.info("the meeting is %s; leaving", meeting.state)
+                return
 
     async def _poll(self) -> None:
         assert self.poller is not None

@@ -55,6 +55,7 @@ def participant_settings(settings: AgentSettings) -> ParticipantSettings:
         poll_idle_interval=settings.poll_idle_interval,
         poll_recent_window=settings.poll_recent_window,
         discovery_interval=settings.discovery_interval,
+        meeting_check_interval=settings.meeting_check_interval,
         session=SessionSettings(
             session_timeout=settings.session_timeout,
             ice_restart_after=settings.ice_restart_after,

@@ -31,17 +31,6 @@ MAX_REQUEST_BODY_BYTES = 256 * 1024
 
 ID_CHECKER_CONTEXT_KEY = "id_checker"
 
-# errorData.code values used by the dev backend (and recognised by the agent's client).
-ERR_BAD_ARGS = "BAD_ARGS"
-ERR_UNAUTHENTICATED = "UNAUTHENTICATED"
-ERR_FORBIDDEN = "FORBIDDEN"
-ERR_NOT_FOUND = "NOT_FOUND"
-ERR_MEETING_NOT_ACTIVE = "MEETING_NOT_ACTIVE"
-ERR_RATE_LIMITED = "RATE_LIMITED"
-ERR_TOO_LARGE = "TOO_LARGE"
-ERR_UNKNOWN_FUNCTION = "UNKNOWN_FUNCTION"
-ERR_INTERNAL = "INTERNAL"
-
 
 class TableId:
     """Marks a string as a Convex ID of `table`; checked only when a checker is in context."""
@@ -118,16 +107,10 @@ class Signal(BaseModel):
     type: SignalType
     data: SessionDescription | IceCandidate
     timestamp: float
-    # Not in the published shape: the dev backend's generation 2 adds `toUserId` (null for a
-    # broadcast). Rows without the field are treated as direct signals.
-    toUserId: str | None = None
-    broadcast: bool = False
 
     @model_validator(mode="before")
     @classmethod
     def _data_matches_type(cls, raw: Any) -> Any:
-        if isinstance(raw, dict):
-            raw = {**raw, "broadcast": "toUserId" in raw and raw["toUserId"] is None}
         # Pick the payload model from the outer `type`, so an "ice" row with SDP data is an error
         # instead of being silently read as the other variant.
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):

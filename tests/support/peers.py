@@ -216,7 +216,7 @@ class RemotePeer:
 
     async def offer(
         self,
-        target_user_id: str,
+        target_user_id: str | None,
         *,
         trickle: bool = False,
         candidates_first: bool = False,
