@@ -10,8 +10,12 @@ The outbox (`state_dir/<meeting>--<user>.outbox.sqlite`) holds every chunk until
 accepted it, so a restart loses nothing: pending chunks are posted first. One poster task (in the
 transcriber's own TaskGroup) posts them in order with `ingestTranscriptChunk`:
 
-- after a success whose `rateLimitRemaining` is 0 it waits for the next window (`bucketMs` + 60 s);
-  a `RATE_LIMITED` error waits `retryAfterMs`; neither consumes the chunk;
+- it stays within Connvo's limit of 50 chunks per minute per user by itself: at most
+  `RATE_LIMIT_CHUNKS` posts in any 60 s (a sliding window, so also in any of the server's fixed
+  windows). A `RATE_LIMIT_EXCEEDED` error all the same (another process posting with the same
+  identity) waits `metadata.retryAfterSeconds` and posts the same chunk again: a rate-limited chunk
+  is never dropped and never overtaken. The reply's `bucketMs` is the chunk's storage bucket and its
+  `rateLimitRemaining` is always 0 on Connvo's server: neither paces anything;
 - failures that certainly did not apply the chunk (an HTTP 429/5xx answer, a refused connection)
   are retried with capped backoff;
 - a failure after which the chunk may have been stored (a timeout, a connection dropped after the
@@ -26,6 +30,7 @@ The local transcript (`<out or state_dir/transcripts>/<meeting>/transcript.jsonl
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -57,11 +62,15 @@ from agent.media.speech import (
 from agent.peer.participant import Participant, ParticipantSettings
 from agent.peer.session import PeerSession
 from agent.signaling.api import ConnvoApi
-from agent.signaling.models import ERR_RATE_LIMITED, IngestTranscriptChunkArgs
+from agent.signaling.models import IngestTranscriptChunkArgs
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 60.0
+RATE_LIMIT_CHUNKS = 50  # Connvo's ingestTranscriptChunk: 50 chunks per minute per user
+# RATE_LIMIT_EXCEEDED is Connvo's code; RATE_LIMITED is what other Convex apps call it.
+RATE_LIMIT_CODES = frozenset({"RATE_LIMIT_EXCEEDED", "RATE_LIMITED"})
+DEFAULT_RATE_LIMIT_WAIT_S = 5.0  # when the error does not say how long
 GAP_S = 1.0  # a pause in the stream longer than this ends the current utterance
 ACCEPT_BATCH_S = 0.2  # audio handed to the recogniser per worker-thread call
 INTERIM_INTERVAL_S = 2.0
@@ -101,7 +110,8 @@ class Chunk:
             text=self.text,
             confidence=round(self.confidence, 4),
             startTime=self.startTime,
-            endTime=self.endTime,
+            # The server wants startTime < endTime strictly; a one-frame utterance may tie.
+            endTime=max(self.endTime, self.startTime + 1),
             language=self.language,
             isInterim=self.isInterim,
         )
@@ -375,8 +385,9 @@ class Transcriber:
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._not_before = 0.0  # epoch s: rate limit gate
-        self._remaining: int | None = None
+        self._recent_posts: collections.deque[float] = collections.deque()  # monotonic times
         self.final_counts: dict[str, int] = {}  # outbox states when run() ended
+        self.rate_limited = 0  # posts the server refused for its rate limit (posted again later)
 
     @property
     def outbox(self) -> Outbox:
@@ -503,7 +514,7 @@ class Transcriber:
                 if chunk.isInterim and self._skip_interim(chunk, pending):
                     self.outbox.mark(chunk.chunkId, "skipped")
                     continue
-                delay = self._not_before - time.time()
+                delay = max(self._not_before - time.time(), self._window_wait())
                 if delay > 0:
                     if self._closing.is_set():
                         return  # rate limited at shutdown: the outbox keeps it
@@ -520,7 +531,19 @@ class Transcriber:
     def _skip_interim(self, chunk: Chunk, pending: list[Chunk]) -> bool:
         if any(c.utteranceId == chunk.utteranceId and not c.isInterim for c in pending):
             return True
-        return self._remaining is not None and self._remaining < INTERIM_RESERVE
+        return self._window_left() < INTERIM_RESERVE
+
+    def _window_left(self) -> int:
+        cutoff = time.monotonic() - RATE_WINDOW_S
+        while self._recent_posts and self._recent_posts[0] <= cutoff:
+            self._recent_posts.popleft()
+        return RATE_LIMIT_CHUNKS - len(self._recent_posts)
+
+    def _window_wait(self) -> float:
+        """Seconds until one more post fits in the last minute's budget."""
+        if self._window_left() > 0:
+            return 0.0
+        return self._recent_posts[0] + RATE_WINDOW_S - time.monotonic()
 
     async def _sleep(self, seconds: float) -> None:
         # Woken early only by shutdown (so a long rate-limit wait does not hold the process).
@@ -530,15 +553,15 @@ class Transcriber:
 
     async def _post(self, chunk: Chunk) -> bool | None:
         """True: posted; False: given up (rejected or uncertain); None: retry later."""
+        self._recent_posts.append(time.monotonic())  # counts whether it is stored or refused
         try:
             result = await self.ingest_api.ingest_transcript_chunk(chunk.args())
         except FunctionError as exc:
-            if exc.code == ERR_RATE_LIMITED:
-                retry_ms = exc.data.get("retryAfterMs")
-                wait = float(retry_ms) / 1000 if isinstance(retry_ms, int | float) else 1.0
-                self._not_before = time.time() + min(RATE_WINDOW_S, max(0.05, wait))
-                self._remaining = 0
-                log.info("transcript rate limit reached; waiting %.1f s", wait)
+            if exc.code in RATE_LIMIT_CODES:
+                wait = _retry_after(exc)
+                self.rate_limited += 1
+                self._not_before = time.time() + wait
+                log.info("transcript rate limit reached; posting again in %.1f s", wait)
                 self.outbox.attempted(chunk.chunkId)
                 return None
             log.error("transcript chunk %s rejected: %s", chunk.chunkId, exc.message)
@@ -567,9 +590,6 @@ class Transcriber:
             return None
         self.outbox.mark(chunk.chunkId, "posted", sequence=result.sequence)
         self.posted.append((chunk, result.sequence))
-        self._remaining = result.rateLimitRemaining
-        if result.rateLimitRemaining <= 0:
-            self._not_before = max(self._not_before, (result.bucketMs / 1000) + RATE_WINDOW_S)
         return True
 
     def summary_lines(self) -> list[str]:
@@ -585,6 +605,16 @@ class Transcriber:
                 f"real-time factor {rtf:.3f}"
             )
         return lines
+
+
+def _retry_after(exc: FunctionError) -> float:
+    """Seconds a rate-limited chunk waits: Connvo's `metadata.retryAfterSeconds`, else what the
+    error says in other forms, capped at one window."""
+    seconds = exc.metadata.get("retryAfterSeconds")
+    if not isinstance(seconds, int | float):
+        millis = exc.data.get("retryAfterMs")
+        seconds = millis / 1000 if isinstance(millis, int | float) else DEFAULT_RATE_LIMIT_WAIT_S
+    return min(RATE_WINDOW_S, max(0.05, float(seconds)))
 
 
 async def _drain(track: MediaStreamTrack) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from agent.media.speech import SpeechEngineError, SttEngine, create_engine
 from agent.roles.transcriber import Transcriber, TranscriberSettings
+from tests.agent.conftest import make_meeting
 from tests.roles.conftest import (
     Speech,
     finish,
@@ -27,6 +28,7 @@ from tests.roles.conftest import (
     transcripts,
 )
 from tests.support import stt_models
+from tests.support.devserver import Api
 from tests.support.waiting import poll_until
 
 INGEST = "transcripts/ingestion/ingestTranscriptChunk"
@@ -178,6 +180,42 @@ async def test_outbox_survives_failures_and_restart_without_duplicates(
     assert restarted.final_counts == {"posted": queued}
     assert restarted.summary_lines()[1] == f"outbox: {queued} posted"
     meeting.server.clear_faults()
+
+
+async def test_rate_limited_chunks_wait_and_are_posted_in_order(
+    devserver_factory: Any, clients: Any, tmp_path: Path, speech: Speech
+) -> None:
+    # Connvo's limit (50 chunks a minute per user) shrunk to one chunk per 2 s window. Chunks
+    # queued while the backend failed are posted after a restart, with another chunk of the same
+    # identity posted just before: of these three posts, at least one is over the limit.
+    server = devserver_factory(extra_args=["--transcript-rate-limit", "1/2"])
+    meeting = make_meeting(server, ["bot", "alice"])
+    server.set_faults(error_rate=1.0, functions=[INGEST])
+    transcriber = make(meeting, clients, tmp_path)
+    task, stop = await start(transcriber)
+    async with asyncio.timeout(60):
+        alice = meeting.peer("alice", audio_file=str(speech.path), video=False)
+        async with alice:
+            await alice.offer(meeting.users["bot"])
+            await alice.connected.wait()
+            await track_ended(alice.pc.getSenders()[0].track)
+        await finish(task, stop)
+    queued = [e["text"] for e in transcriber.transcript.entries]
+    assert len(queued) >= 2
+    server.clear_faults()
+
+    Api(server.url, meeting.tokens["bot"]).ok(
+        INGEST, meetingId=meeting.id, text="another process", confidence=1.0,
+        startTime=1000, endTime=2000,
+    )  # fmt: skip
+    restarted = make(meeting, clients, tmp_path)
+    task, stop = await start(restarted)
+    async with asyncio.timeout(60):
+        rows = await poll_until(lambda: _at_least(meeting, len(queued) + 1))
+        await finish(task, stop)
+    assert restarted.final_counts == {"posted": len(queued)}  # nothing rejected
+    assert [r["text"] for r in rows[1:]] == queued  # in order, each once
+    assert restarted.rate_limited >= 1  # the limit was hit
 
 
 @pytest.mark.parametrize(
