@@ -50,6 +50,12 @@ async def listed_sessions(meeting: Meeting, peer: Any, user: str = "bot") -> dic
     return {s["sessionId"]: s["state"] for s in active if s["userId"] == meeting.users[user]}
 
 
+async def call_the_bot(meeting: Meeting, peer: Any) -> None:
+    await peer.offer(meeting.users["bot"])
+    async with asyncio.timeout(TIMEOUT):
+        await peer.connected.wait()
+
+
 # --- the own session row ----------------------------------------------------------------------
 
 
@@ -66,9 +72,7 @@ async def test_a_restart_after_a_clean_leave_is_listed_again(
         second = await agent_factory(meeting, state_dir=state_dir)
         assert second.participant.local.session_id == session_id  # remote peers know this one
         assert await listed_sessions(meeting, alice) == {session_id: "connecting"}
-        await alice.offer(meeting.users["bot"])
-        async with asyncio.timeout(TIMEOUT):
-            await alice.connected.wait()
+        await call_the_bot(meeting, alice)
 
 
 async def test_a_session_id_owned_by_someone_else_is_a_clear_error(
@@ -87,9 +91,7 @@ async def test_the_agent_leaves_when_the_meeting_ends(devserver: Any, agent_fact
     meeting = make_meeting(devserver, ["alice", "bot"])  # alice hosts
     agent = await agent_factory(meeting, meeting_check_interval=0.5)
     async with meeting.peer("alice") as alice:
-        await alice.offer(meeting.users["bot"])
-        async with asyncio.timeout(TIMEOUT):
-            await alice.connected.wait()
+        await call_the_bot(meeting, alice)
         devserver.reset_stats()
         await alice.call("meetings/lifecycle/endMeeting", meetingId=meeting.id)
         ended_at = time.monotonic()
@@ -198,9 +200,7 @@ async def test_a_session_given_up_on_that_offers_later_is_answered(
         await poll_until(lambda: _no_session_open(agent))
     # Her browser wakes up and calls the agent from the same session.
     async with meeting.peer("alice", session_id="alice-tab") as alice:
-        await alice.offer(meeting.users["bot"])
-        async with asyncio.timeout(TIMEOUT):
-            await alice.connected.wait()
+        await call_the_bot(meeting, alice)
 
 
 # --- an end-of-candidates marker paged before an earlier candidate ------------------------------
@@ -276,9 +276,7 @@ async def test_an_unreachable_stun_server_costs_at_most_the_gathering_cap(
         assert [s.urls for s in ice] == [f"stun:127.0.0.1:{port}"]  # from the connection info
         async with meeting.peer("alice") as alice:
             started = time.monotonic()
-            await alice.offer(meeting.users["bot"])
-            async with asyncio.timeout(TIMEOUT):
-                await alice.connected.wait()
+            await call_the_bot(meeting, alice)
             took = time.monotonic() - started
         cap = agent.participant.settings.session.gather_timeout
         assert took < cap + 3.0, f"connected after {took:.1f} s, gathering cap {cap} s"

@@ -149,11 +149,10 @@ async def _at_least(meeting: Any, n: int) -> list[dict[str, Any]] | None:
     return rows if len(rows) >= n else None
 
 
-async def test_outbox_survives_failures_and_restart_without_duplicates(
+async def transcribe_into_the_outbox(
     meeting: Any, clients: Any, tmp_path: Path, speech: Speech
-) -> None:
-    # Every ingestion fails with a 500 (not stored): chunks stay in the outbox.
-    meeting.server.set_faults(error_rate=1.0, functions=[INGEST])
+) -> Transcriber:
+    """Alice plays `speech` to a transcriber whose every post fails: the chunks stay queued."""
     transcriber = make(meeting, clients, tmp_path)
     task, stop = await start(transcriber)
     async with asyncio.timeout(60):
@@ -163,6 +162,15 @@ async def test_outbox_survives_failures_and_restart_without_duplicates(
             await alice.connected.wait()
             await track_ended(alice.pc.getSenders()[0].track)
         await finish(task, stop)
+    return transcriber
+
+
+async def test_outbox_survives_failures_and_restart_without_duplicates(
+    meeting: Any, clients: Any, tmp_path: Path, speech: Speech
+) -> None:
+    # Every ingestion fails with a 500 (not stored): chunks stay in the outbox.
+    meeting.server.set_faults(error_rate=1.0, functions=[INGEST])
+    transcriber = await transcribe_into_the_outbox(meeting, clients, tmp_path, speech)
     queued = len(transcriber.transcript.entries)
     assert queued >= 1
     assert transcripts(meeting.server.db, meeting.id) == []
@@ -191,15 +199,7 @@ async def test_rate_limited_chunks_wait_and_are_posted_in_order(
     server = devserver_factory(extra_args=["--transcript-rate-limit", "1/2"])
     meeting = make_meeting(server, ["bot", "alice"])
     server.set_faults(error_rate=1.0, functions=[INGEST])
-    transcriber = make(meeting, clients, tmp_path)
-    task, stop = await start(transcriber)
-    async with asyncio.timeout(60):
-        alice = meeting.peer("alice", audio_file=str(speech.path), video=False)
-        async with alice:
-            await alice.offer(meeting.users["bot"])
-            await alice.connected.wait()
-            await track_ended(alice.pc.getSenders()[0].track)
-        await finish(task, stop)
+    transcriber = await transcribe_into_the_outbox(meeting, clients, tmp_path, speech)
     queued = [e["text"] for e in transcriber.transcript.entries]
     assert len(queued) >= 2
     server.clear_faults()
