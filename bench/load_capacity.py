@@ -191,6 +191,7 @@ def _aiortc_pairs(participants: int, hold: float, out: Any) -> None:
     import uvloop
 
     from agent.media.sources import tone_track
+    from agent.patches import install as install_patches
     from agent.peer.ice import restrict_host_addresses
 
     _pin_to_measured_core()  # before aiortc starts its encoder and decoder threads
@@ -199,6 +200,8 @@ def _aiortc_pairs(participants: int, hold: float, out: Any) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection
         from aiortc.mediastreams import MediaStreamError
 
+        # plain aiortc: of the agent's patches only the one that keeps ICE on loopback
+        install_patches(only={"ice_host_addresses"})
         restrict_host_addresses(["127.0.0.1"])
         pcs: list[RTCPeerConnection] = []
         all_connected = asyncio.Event()

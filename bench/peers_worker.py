@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.cli.loop import run_async
 from agent.media.preencoded import PreencodedAudio
-from agent.peer.dtls import SharedCertificate
+from agent.patches import install as install_patches
+from agent.patches.certificate import SharedCertificate
 from agent.peer.ice import restrict_host_addresses
-from agent.peer.remote_description import speed_up_remote_descriptions
 from tests.support.peers import RemotePeer
 
 CONNECT_TIMEOUT_S = 60.0
@@ -33,16 +33,16 @@ async def main() -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = json.loads(await reader.readline())
-    restrict_host_addresses(["127.0.0.1"])
     # light: the peers send one pre-encoded tone and count what they receive without decoding,
     # so that many of them fit beside the agent on a small machine
     light = spec.get("light", False)
+    # Fifty browsers would do the light peers' work on fifty machines; here it shares one core
+    # with the backend. Each has its certificate and DTLS context before the call (as a browser
+    # makes its certificate before anyone calls), and applies descriptions as the agent does;
+    # other peers apply them as aiortc does.
+    install_patches(skip=() if light else {"remote_descriptions"})
+    restrict_host_addresses(["127.0.0.1"])
     tone = PreencodedAudio("tone") if light else None
-    if light:
-        # Fifty browsers would do this work on fifty machines; here it shares one core with the
-        # backend. Each has its certificate and DTLS context before the call (as a browser
-        # makes its certificate before anyone calls), and applies descriptions as the agent does.
-        speed_up_remote_descriptions()
     peers = [
         RemotePeer(
             spec["url"],

@@ -54,6 +54,7 @@ from agent.cli.loop import run_async  # noqa: E402
 from agent.convex import ConvexClient, TokenSource  # noqa: E402
 from agent.devserver.process import DevServerProcess  # noqa: E402
 from agent.media import MediaSources  # noqa: E402
+from agent.patches import install as install_patches  # noqa: E402
 from agent.peer.ice import restrict_host_addresses  # noqa: E402
 from agent.peer.participant import ParticipantSettings  # noqa: E402
 from agent.peer.session import SessionSettings  # noqa: E402
@@ -318,6 +319,7 @@ async def main(argv: list[str] | None = None) -> int:
         "has one CPU to itself, as on its own machine, and they have the others)",
     )
     args = parser.parse_args(argv)
+    install_patches()  # the agent runs in this process: as `connvo-agent run` does
     restrict_host_addresses(["127.0.0.1"])
     split = None if args.shared_cpus else CpuSplit.of_this_machine()
     if split is not None:

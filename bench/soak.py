@@ -30,6 +30,7 @@ from agent.cli.loop import run_async
 from agent.convex import ConvexClient, TokenSource
 from agent.devserver.process import DevServerProcess
 from agent.media import MediaSources
+from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import ParticipantSettings
 from agent.peer.session import SessionSettings
@@ -65,6 +66,7 @@ def open_fds() -> int:
 
 
 async def soak(args: argparse.Namespace) -> int:
+    install_patches()  # the agent runs in this process: as `connvo-agent run` does
     restrict_host_addresses(["127.0.0.1"])
     churn = ChurnCounter()
     logging.getLogger("agent").addHandler(churn)

@@ -15,8 +15,16 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from agent.devserver.process import DevServerProcess  # noqa: E402
+from agent.patches import install as install_patches  # noqa: E402
 
 DevServerFactory = Callable[..., DevServerProcess]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aiortc_patches() -> None:
+    """The agent's changes inside aiortc and aioice, installed once, as every entry point does
+    (tests/patches takes some out, and puts them back, to run the fallbacks)."""
+    install_patches()
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ and 25,000 coroutine steps a second for what is, per packet, a header, an SRTP p
 frame time: the same bytes on the wire as aiortc's sender (header, extensions, SRTP), with the
 sender's counters (getStats, RTCP sender reports) and the DTLS transport's kept up to date.
 
-`RTCRtpSender._run_rtp` is replaced, for senders whose track has a `pump` (a
-`PreencodedAudioTrack`) when the sender starts, by a task that joins the pump and waits for the
-stream's end; any other sender runs aiortc's own loop. The fast path reaches into aiortc and
-aioice internals (checked when a sender starts: if they moved, aiortc's loop runs instead, with a
-warning).
+A sender whose track has a `pump` (a `PreencodedAudioTrack`) when it starts hands its RTP to
+`PacketPump.send_for` and waits there for the stream's end; any other sender runs aiortc's own
+loop. That hand-over, and every internal of aiortc and aioice the pump touches, are the patch
+`packet_pump` (`agent.patches.sender`): without it, aiortc's loop sends the pre-encoded packets.
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ import struct
 from typing import Any
 
 from aiortc import clock
-from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpsender import RTCRtpSender, random_sequence_number
-from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
+from aiortc.rtcrtpsender import random_sequence_number
+from aiortc.rtp import HeaderExtensions
 from aiortc.utils import random32, uint16_add, uint32_add
+
+from agent.patches.sender import SenderLink
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +63,19 @@ class PacketPump:
     def _tick_at(self, now: float) -> int:
         assert self._origin is not None
         return math.floor((now - self._origin) / self.period)
+
+    async def send_for(self, link: SenderLink, codec: RTCRtpCodecParameters) -> None:
+        """Send a sender's RTP from this pump until its stream ends (`agent.patches.sender`).
+
+        After replaceTrack() the sender's new track is encoded by aiortc and sent from here.
+        """
+        stream = _Stream(self, link, codec)
+        self._add(stream)
+        try:
+            if await stream.ended:
+                await stream.play_replacement(codec)
+        finally:
+            stream.end()
 
     def _add(self, stream: _Stream) -> None:
         loop = asyncio.get_running_loop()
@@ -104,10 +116,10 @@ class PacketPump:
 class _Stream:
     """One sender's RTP state while the pump sends for it."""
 
-    def __init__(self, pump: PacketPump, sender: RTCRtpSender, codec: RTCRtpCodecParameters):
+    def __init__(self, pump: PacketPump, link: SenderLink, codec: RTCRtpCodecParameters):
         self.pump = pump
-        self.sender = sender
-        self.track: Any = sender.track
+        self.link = link
+        self.track: Any = link.track
         assert codec.payloadType is not None  # a negotiated codec has one
         self.payload_type: int = codec.payloadType
         self.sequence_number = random_sequence_number()
@@ -116,11 +128,10 @@ class _Stream:
         self.next_tick = 0
         # True: the track was replaced (see play_replacement); False: the stream is over
         self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._ext_map: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
-        self._mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
-        ids = self._ext_map._HeaderExtensionsMap__ids
+        self._ext_map = link.extensions_map
+        self._mid = link.mid
         # what the packed extensions depend on, besides the frame time's abs-send-time
-        self._ext_key = (ids.mid, ids.abs_send_time, self._mid)
+        self._ext_key = (*link.extension_ids, self._mid)
 
     def end(self, *, hand_over: bool = False) -> None:
         self.pump._discard(self)
@@ -129,7 +140,7 @@ class _Stream:
 
     def send_due(self, tick: int, ntp: int, extensions: dict[_ExtKey, bytes]) -> None:
         """Send this stream's packets for every frame time up to `tick` (at most a few)."""
-        track = self.sender._RTCRtpSender__track  # type: ignore[attr-defined]
+        track = self.link.track
         if track is not self.track:
             self.end(hand_over=True)  # replaceTrack(): play_replacement() sends what it is now
             return
@@ -164,30 +175,17 @@ class _Stream:
         self, payload: bytes, timestamp: int, ntp: int, ext: bytes, *, marker: bool = True
     ) -> None:
         """One RTP packet, as aiortc's loop would send it (`timestamp` from the stream's origin)."""
-        sender = self.sender
-        dtls: Any = sender.transport
-        if dtls._state != DtlsState.CONNECTED:
-            raise ConnectionError("DTLS transport not connected")
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            raise ConnectionError("ICE not connected")
         timestamp = uint32_add(self.timestamp_origin, timestamp)
         header = _RTP_HEADER.pack(
             0x80 | (0x10 if ext else 0),  # version 2, extension bit
             (0x80 if marker else 0) | self.payload_type,
             self.sequence_number,
             timestamp,
-            sender._ssrc,
+            self.link.ssrc,
         )
-        data = dtls._tx_srtp.protect(header + ext + payload)
-        pair.protocol.transport.sendto(data, pair.remote_addr)
-        # what aiortc's loop and the DTLS transport count: getStats and RTCP sender reports
-        dtls._RTCDtlsTransport__tx_bytes += len(data)
-        dtls._RTCDtlsTransport__tx_packets += 1
-        sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count += len(payload)  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+        self.link.send(
+            header + ext + payload, payload_size=len(payload), timestamp=timestamp, ntp=ntp
+        )
         self.sequence_number = uint16_add(self.sequence_number, 1)
 
     async def play_replacement(self, codec: RTCRtpCodecParameters) -> None:
@@ -196,12 +194,12 @@ class _Stream:
         aiortc's own loop cannot take over: it starts from a new random sequence number, and SRTP
         refuses one far behind the last sent with the same key. Ends as aiortc's loop does.
         """
-        sender = self.sender
+        link = self.link
         while True:
-            if sender.track is None:
+            if link.track is None:
                 await asyncio.sleep(0.02)  # as aiortc's loop waits for a track
                 continue
-            frame = await sender._next_encoded_frame(codec)
+            frame = await link.next_encoded_frame(codec)
             if frame is None:
                 continue
             ntp = clock.current_ntp_time()
@@ -209,61 +207,3 @@ class _Stream:
                 ext = self._extensions(ntp, frame.audio_level)
                 last = i == len(frame.payloads) - 1
                 self.send_packet(payload, frame.timestamp, ntp, ext, marker=last)
-
-
-def _internals_present(sender: RTCRtpSender) -> bool:
-    """Whether the private attributes the pump uses are where this version of aiortc keeps them."""
-    try:
-        dtls: Any = sender.transport
-        connection = dtls.transport._connection
-        checks = (
-            sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids,  # type: ignore[attr-defined]
-            sender._RTCRtpSender__mid,  # type: ignore[attr-defined]
-            sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
-            sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
-            sender._RTCRtpSender__rtp_started,  # type: ignore[attr-defined]
-            sender._RTCRtpSender__rtp_exited,  # type: ignore[attr-defined]
-            dtls._tx_srtp,
-            dtls._RTCDtlsTransport__tx_bytes,
-            connection._nominated,
-        )
-    except AttributeError:
-        return False
-    return all(check is not None for check in checks)
-
-
-_aiortc_run_rtp = RTCRtpSender._run_rtp
-_warned = False
-
-
-async def _run_rtp(self: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
-    """aiortc's sender loop, or, for a pumped track, a place in its pump until the stream ends."""
-    global _warned
-    track = self.track
-    pump = getattr(track, "pump", None)
-    if not isinstance(pump, PacketPump):
-        return await _aiortc_run_rtp(self, codec)
-    if not _internals_present(self):
-        if not _warned:
-            _warned = True
-            log.warning("aiortc's internals moved: pre-encoded media is sent by aiortc's loop")
-        return await _aiortc_run_rtp(self, codec)
-    self._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
-    stream = _Stream(pump, self, codec)
-    pump._add(stream)
-    try:
-        if await stream.ended:
-            await stream.play_replacement(codec)
-    except (asyncio.CancelledError, ConnectionError, MediaStreamError):
-        pass  # RTCRtpSender.stop(), a closed transport, an ended track: as aiortc's loop
-    except Exception as exc:  # aiortc's loop too ends quietly, so that stop() never hangs
-        log.warning("RTP sender failed: %r", exc)
-    finally:
-        stream.end()
-    if self._RTCRtpSender__track is not None:  # type: ignore[attr-defined]
-        self._RTCRtpSender__track.stop()  # type: ignore[attr-defined]
-        self._RTCRtpSender__track = None  # type: ignore[attr-defined]
-    self._RTCRtpSender__rtp_exited.set()  # type: ignore[attr-defined]
-
-
-RTCRtpSender._run_rtp = _run_rtp  # type: ignore[method-assign]

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import numpy as np
@@ -29,17 +29,18 @@ from av import AudioFrame, VideoFrame
 from av.frame import Frame
 from av.packet import Packet
 
-if TYPE_CHECKING:
-    from agent.media.preencoded import PreencodedAudio
+from agent.media.pcm import (
+    AUDIO_TIME_BASE,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    TONE_HZ,
+    silence_pcm,
+    tone_pcm,
+)
+from agent.media.preencoded import PreencodedAudio
+from agent.patches.player import keep_only
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 48_000
-AUDIO_PTIME = 0.020
-SAMPLES_PER_FRAME = int(SAMPLE_RATE * AUDIO_PTIME)  # 960
-AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-TONE_HZ = 440.0
-TONE_AMPLITUDE = 0.25  # about -12 dBFS: audible without clipping after mixing
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -98,16 +99,6 @@ class _PacedAudioTrack(AudioStreamTrack):
         frame.sample_rate = SAMPLE_RATE
         frame.time_base = AUDIO_TIME_BASE
         return frame
-
-
-def tone_pcm(hz: float = TONE_HZ) -> np.ndarray[Any, np.dtype[np.int16]]:
-    """One second of a sine: a whole number of 440 Hz periods, so the loop is seamless."""
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    return (np.sin(2 * np.pi * hz * t) * TONE_AMPLITUDE * 32767).astype(np.int16)
-
-
-def silence_pcm() -> np.ndarray[Any, np.dtype[np.int16]]:
-    return np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
 
 
 def tone_track(hz: float = TONE_HZ) -> MediaStreamTrack:
@@ -187,13 +178,18 @@ def _open_player(path: Path, kind: str) -> MediaPlayer:
         raise MediaSpecError(f"{kind} source {str(path)!r}: the file has no {kind} stream")
     # MediaPlayer decodes every stream it found and queues frames for each of its tracks whether
     # anyone reads them or not; an unread track would buffer decoded frames without bound. Keep
-    # only the stream we play (private attributes: MediaPlayer has no option for this).
-    other = "video" if kind == "audio" else "audio"
-    streams = getattr(player, "_MediaPlayer__streams", None)
-    if isinstance(streams, list) and hasattr(player, f"_MediaPlayer__{other}"):
-        streams[:] = [s for s in streams if s.type == kind]
-        setattr(player, f"_MediaPlayer__{other}", None)
+    # only the stream we play (the patch one_stream_player: MediaPlayer has no option for this);
+    # without it, _LoopingFileTrack discards the other track's frames as it plays.
+    keep_only(player, kind)
     return player
+
+
+def _discard_queued(track: MediaStreamTrack) -> None:
+    """Drop the frames a player queued for a track nobody plays."""
+    queue = getattr(track, "_queue", None)
+    if isinstance(queue, asyncio.Queue):
+        while not queue.empty():
+            queue.get_nowait()
 
 
 def _close_player(player: MediaPlayer) -> None:
@@ -249,6 +245,11 @@ class _LoopingFileTrack(MediaStreamTrack):
                 self._frames_this_loop = 0
                 continue
             break
+        player = self._player
+        if player is not None:
+            unplayed = player.video if self.kind == "audio" else player.audio
+            if unplayed is not None:  # one_stream_player not installed: the file's other stream
+                _discard_queued(unplayed)
         self._frames_this_loop += 1
         if isinstance(frame, Frame) and frame.pts is not None and frame.time_base is not None:
             pts = self._offset + int(frame.pts * frame.time_base / self._time_base)
@@ -319,8 +320,6 @@ class MediaSources:
     @classmethod
     def open(cls, audio: str, video: str) -> MediaSources:
         """Open both specs; raises MediaSpecError (and leaves nothing open) if one is invalid."""
-        from agent.media.preencoded import PreencodedAudio  # it builds on this module
-
         if audio in ("tone", "silence"):
             return cls(None, open_video_source(video), PreencodedAudio(audio))
         audio_track = open_audio_source(audio)

@@ -10,18 +10,19 @@ peer-reflexive candidates learnt from the browser's connectivity checks.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Sequence
 
-import aioice.ice
 from aiortc import RTCIceCandidate, RTCIceServer
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
+from agent.patches.ice import HOST_ADDRESSES, pin_host_addresses
 from agent.signaling.models import IceCandidate, IceServer
 
-_original_get_host_addresses = aioice.ice.get_host_addresses
-_original_get_component_candidates = aioice.ice.Connection.get_component_candidates
 DEFAULT_GATHER_TIMEOUT_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class CandidateError(ValueError):
@@ -33,55 +34,15 @@ def restrict_host_addresses(addresses: Sequence[str] | None) -> None:
 
     aioice offers every interface address but loopback. Tests and load runs on one machine pin it to
     127.0.0.1 so that no packet leaves loopback; multi-homed hosts pick their media interface.
+    Needs the patch `ice_host_addresses` (`agent.patches.install()`); without it, a warning.
     """
-    if addresses is None:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
-        return
-    for address in addresses:
-        ipaddress.ip_address(address)  # raises ValueError on a bad address
-    fixed = list(addresses)
-
-    def pinned(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [
-            a
-            for a in fixed
-            if (use_ipv4 and ipaddress.ip_address(a).version == 4)
-            or (use_ipv6 and ipaddress.ip_address(a).version == 6)
-        ]
-
-    aioice.ice.get_host_addresses = pinned
-
-
-def limit_gathering_time(seconds: float | None) -> None:
-    """Wait at most this long for STUN/TURN candidates (process-wide); None restores aioice's 5 s.
-
-    aiortc gathers every candidate inside setLocalDescription, and aioice waits 5 s for a STUN or
-    TURN server that does not answer, so one dead server in the meeting's ICE configuration would
-    delay every offer and answer by 5 s. Host candidates are never waited for; a server that
-    answers after the limit only loses its candidate for that connection.
-    """
-    if seconds is None:
-        setattr(  # noqa: B010 - patching a method; mypy forbids plain assignment
-            aioice.ice.Connection, "get_component_candidates", _original_get_component_candidates
+    pin_host_addresses(addresses)  # raises ValueError on a bad address
+    if addresses is not None and not HOST_ADDRESSES.installed:
+        log.warning(
+            "ICE host addresses not restricted to %s: the patch ice_host_addresses is not "
+            "installed (aioice gathers on every interface but loopback)",
+            ", ".join(addresses),
         )
-        return
-    limit = seconds
-
-    async def bounded(  # same signature as aioice's method
-        self: aioice.ice.Connection,
-        component: int,
-        addresses: list[str],
-        timeout: int = 5,  # noqa: ASYNC109
-    ) -> list[aioice.Candidate]:
-        # aioice annotates the timeout as int but only hands it to asyncio.wait
-        return await _original_get_component_candidates(
-            self,
-            component,
-            addresses,
-            timeout=min(timeout, limit),  # type: ignore[arg-type]
-        )
-
-    setattr(aioice.ice.Connection, "get_component_candidates", bounded)  # noqa: B010
 
 
 def is_ip_literal(host: str) -> bool:

@@ -1,211 +1,44 @@
 """Receivers that count RTP without decoding it, chosen per connection.
 
-aiortc starts a decoder thread per received track, queues every reassembled frame to it, and the
-thread hands each decoded frame back to the event loop. With a hundred tracks that is thousands
-of thread wake-ups a second, each taking the GIL from the event loop; and a participant that
-never reads a track still pays for decoding it (and the decoded frames pile up in the track).
-Many participants only need to know that media arrived, which getStats counts before any of that.
+Many participants only need to know that media arrived (the bot's default `--receive count`,
+load-test peers), which getStats counts before any decoding. `count_only(pc)` makes the receivers
+`pc` creates from then on count packets and stop there: no frame reassembly, no decoder thread, and
+once the connection is up, audio RTP counted straight from the socket's callback (the patches
+`counting_receivers` and `counting_path`, in `agent.patches.receiver`, which says how). Their
+tracks yield nothing and end when the receiver stops, as aiortc's do; RTCP flows as usual.
 
-`count_only(pc)` makes the receivers `pc` creates from then on count packets and stop there: no
-frame reassembly (so no keyframe requests either), no decoder thread; their tracks yield nothing
-and end when the receiver stops, as aiortc's do. RTCP (receiver reports, so RTT and loss) flows
-as usual. Other connections are untouched.
-
-Once such a connection is up, its audio RTP does not even queue: aioice hands every datagram to a
-queue that the DTLS transport's task reads, one task wake-up and a chain of coroutines per packet.
-`_CountingPath` takes the SRTP packets of counting audio receivers straight from the socket's
-callback: unprotect, then the receiver's statistics (what getStats and the receiver reports
-read), nothing else. Everything else (DTLS, RTCP, STUN, packets of an SSRC not yet routed, video
-with its NACK and bandwidth feedback) still takes aiortc's path.
+Without `counting_receivers`, the receivers decode as aiortc's do, and `count_only` reads and
+discards every frame of the connection's tracks instead (aiortc queues decoded frames without
+bound for a track nobody reads). The counts are the same; the cost is the decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import struct
-import threading
-import types
-from collections.abc import Callable
-from typing import Any
+import contextlib
 
-import aiortc.rtcrtpreceiver as _receiver
-import pylibsrtp
-from aiortc import RTCPeerConnection, RTCRtpTransceiver, clock
-from aiortc.codecs import is_rtx
-from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc.rtp import RtpPacket
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
+from agent.patches import receiver as _patch
 
-class _DroppingQueue:
-    """Stands in for a receiver's decoder queue: frames are dropped, None ends the track."""
-
-    def __init__(self) -> None:
-        self.end_track: Callable[[], None] = lambda: None
-
-    def put(self, item: Any) -> None:
-        if item is None:  # the receiver stops its decoder: end the track, as aiortc's worker does
-            self.end_track()
-
-
-class _NoJitterBuffer:
-    """Stands in for a counting receiver's jitter buffer: no frame is ever reassembled."""
-
-    def add(self, packet: Any) -> tuple[bool, None]:
-        return False, None  # no picture loss to report, no frame to decode
-
-
-class _NoDecoderThread:
-    """Stands in for a counting receiver's decoder thread; starting it links queue and track."""
-
-    def __init__(self, decoder_queue: _DroppingQueue, track_queue: asyncio.Queue[Any]) -> None:
-        self._decoder_queue = decoder_queue
-        self._track_queue = track_queue
-
-    def start(self) -> None:
-        # the receiver stops its decoder from the event loop's thread
-        self._decoder_queue.end_track = lambda: self._track_queue.put_nowait(None)
-
-    def join(self, timeout: float | None = None) -> None:
-        pass
-
-
-def _decoder_thread(target: Any, name: str, args: tuple[Any, ...]) -> Any:
-    """aiortc's receivers create their decoder thread here: a real one unless counting."""
-    _loop, decoder_queue, track_queue, _error = args
-    if isinstance(decoder_queue, _DroppingQueue):
-        return _NoDecoderThread(decoder_queue, track_queue)
-    return threading.Thread(target=target, name=name, args=args)
-
-
-# aiortc's receiver module looks `threading.Thread` up when a receiver starts; `threading.Event`
-# (its only other use of the module) stays the real one.
-_receiver.threading = types.SimpleNamespace(  # type: ignore[attr-defined,assignment]
-    Thread=_decoder_thread, Event=threading.Event
-)
+_draining: set[asyncio.Task[None]] = set()
 
 
 def count_only(pc: RTCPeerConnection) -> None:
     """Receivers `pc` creates from now on count RTP (in getStats) but neither decode nor queue."""
-    create = pc._RTCPeerConnection__createTransceiver  # type: ignore[attr-defined]
-
-    def create_counting(*args: Any, **kwargs: Any) -> RTCRtpTransceiver:
-        transceiver: RTCRtpTransceiver = create(*args, **kwargs)
-        # in time: aiortc starts a receiver only once ICE and DTLS are up
-        receiver: Any = transceiver.receiver
-        receiver._RTCRtpReceiver__decoder_queue = _DroppingQueue()
-        # nothing will decode: reassembling frames (and asking for keyframes) is wasted work
-        receiver._RTCRtpReceiver__jitter_buffer = _NoJitterBuffer()
-        return transceiver
-
-    # the name-mangled `self.__createTransceiver(...)` finds the instance attribute first
-    pc._RTCPeerConnection__createTransceiver = create_counting  # type: ignore[attr-defined]
-
-    @pc.on("connectionstatechange")
-    def _on_state() -> None:
-        if pc.connectionState == "connected":
-            for transceiver in pc.getTransceivers():
-                _CountingPath.install(transceiver.receiver.transport)
-
-
-_RTP_SEQ_TS_SSRC = struct.Struct("!HLL")
-
-
-class _CountingPath:
-    """Counts the SRTP packets of counting audio receivers as aioice hands them over.
-
-    Installed on a connected DTLS transport's ICE connection (in place of its `data_received`,
-    which queues the datagram for the transport's reader task).
-    """
-
-    @classmethod
-    def install(cls, dtls: RTCDtlsTransport) -> None:
-        connection: Any = getattr(dtls.transport, "_connection", None)
-        if connection is None or isinstance(connection.__dict__.get("data_received"), cls):
-            return
-        try:  # the internals used below: if aiortc moved them, its own path stays
-            dtls._RTCDtlsTransport__rx_packets  # type: ignore[attr-defined]  # noqa: B018
-            dtls._rtp_router.ssrc_table  # noqa: B018
-        except AttributeError:
-            return
-        connection.data_received = cls(dtls, connection.data_received)
-
-    def __init__(self, dtls: RTCDtlsTransport, queue_datagram: Callable[[bytes, int], None]):
-        self._dtls = dtls
-        self._queue_datagram = queue_datagram
-        self._ssrc_table: dict[int, Any] = dtls._rtp_router.ssrc_table
-        self._counting: dict[int, bool] = {}  # id(receiver) -> whether this path counts it
-
-    def __call__(self, data: bytes, component: int) -> None:
-        # RTP (version 2), not RTCP; the header (so the SSRC) is in the clear in SRTP
-        if len(data) >= 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208:
-            receiver = self._ssrc_table.get(int.from_bytes(data[8:12], "big"))
-            if receiver is not None and self._counts(receiver, data[1] & 0x7F):
-                dtls: Any = self._dtls
-                srtp = dtls._rx_srtp
-                if srtp is not None and dtls._state == DtlsState.CONNECTED:
-                    dtls._RTCDtlsTransport__rx_bytes += len(data)
-                    dtls._RTCDtlsTransport__rx_packets += 1
-                    try:
-                        plain = srtp.unprotect(data)
-                    except pylibsrtp.Error:
-                        return  # dropped, as aiortc drops it
-                    _count(receiver, plain)
-                    return
-        self._queue_datagram(data, component)
-
-    def _counts(self, receiver: Any, payload_type: int) -> bool:
-        counting = self._counting.get(id(receiver))
-        if counting is None:
-            # a counting receiver (see count_only) with no NACK or bandwidth feedback to give
-            try:
-                counting = (
-                    isinstance(receiver._RTCRtpReceiver__jitter_buffer, _NoJitterBuffer)
-                    and receiver._RTCRtpReceiver__nack_generator is None
-                    and receiver._RTCRtpReceiver__remote_bitrate_estimator is None
-                    and isinstance(receiver._RTCRtpReceiver__codecs, dict)
-                    and isinstance(receiver._RTCRtpReceiver__remote_streams, dict)
-                    and isinstance(receiver._RTCRtpReceiver__active_ssrc, dict)
-                )
-            except AttributeError:  # another aiortc: its own path
-                counting = False
-            self._counting[id(receiver)] = counting
-        if not counting:
-            return False
-        codec = receiver._RTCRtpReceiver__codecs.get(payload_type)
-        return codec is not None and not is_rtx(codec)
-
-
-def _count(receiver: Any, plain: bytes) -> None:
-    """What aiortc's receiver does with a packet it will not decode: its statistics."""
-    if not receiver._enabled:
+    if _patch.count_only(pc):
         return
-    sequence_number, timestamp, ssrc = _RTP_SEQ_TS_SSRC.unpack_from(plain, 2)
-    payload_type = plain[1] & 0x7F
-    receiver._RTCRtpReceiver__active_ssrc[ssrc] = _now()
-    streams = receiver._RTCRtpReceiver__remote_streams
-    stats = streams.get(ssrc)
-    if stats is None:
-        codec = receiver._RTCRtpReceiver__codecs[payload_type]
-        stats = streams[ssrc] = _receiver.StreamStatistics(codec.clockRate)
-    stats.add(
-        RtpPacket(
-            payload_type=payload_type,
-            sequence_number=sequence_number,
-            timestamp=timestamp,
-            ssrc=ssrc,
-        )
-    )
+
+    @pc.on("track")
+    def _drain_track(track: MediaStreamTrack) -> None:
+        task = asyncio.ensure_future(_discard_frames(track))
+        _draining.add(task)
+        task.add_done_callback(_draining.discard)
 
 
-_now_at: tuple[float, datetime.datetime] = (-1.0, datetime.datetime.now(datetime.UTC))
-
-
-def _now() -> datetime.datetime:
-    """aiortc's `clock.current_datetime()`, read once per turn of the event loop."""
-    global _now_at
-    loop_time = asyncio.get_running_loop().time()  # uvloop's is the turn's cached time
-    if _now_at[0] != loop_time:
-        _now_at = (loop_time, clock.current_datetime())
-    return _now_at[1]
+async def _discard_frames(track: MediaStreamTrack) -> None:
+    """Read a track to its end, keeping nothing (it ends when its receiver stops)."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -34,6 +33,7 @@ from aiortc import (
 )
 
 from agent.convex import ConvexError
+from agent.patches.ice import gathering_timeout
 from agent.peer.dtls import new_peer_connection
 from agent.peer.ice import (
     DEFAULT_GATHER_TIMEOUT_S,
@@ -42,25 +42,16 @@ from agent.peer.ice import (
     ice_ufrags,
     is_ice_restart,
     keep_extension_ids,
-    limit_gathering_time,
     parse_candidate,
     sanitize_sdp,
 )
 from agent.peer.receiving import count_only
-from agent.peer.remote_description import speed_up_remote_descriptions
+from agent.peer.states import PeerState as PeerState  # re-exported: its old home
+from agent.peer.states import allowed
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IceCandidate, SessionDescription, Signal
 
 log = logging.getLogger(__name__)
-
-
-class PeerState(enum.StrEnum):
-    NEW = "new"
-    NEGOTIATING = "negotiating"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    FAILED = "failed"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,8 @@ class SessionSettings:
     media_timeout: float = 5.0
     liveness_interval: float = 1.0
     max_ice_restarts: int = 3
-    # STUN/TURN gathering never holds an offer or answer longer than this (aioice waits 5 s)
+    # STUN/TURN gathering never holds this session's offers and answers longer than this
+    # (aioice waits 5 s); per session, with the patch ice_gather_timeout (agent.patches)
     gather_timeout: float = DEFAULT_GATHER_TIMEOUT_S
     # False: received media is counted (getStats) but not decoded; remote tracks yield nothing
     decode_media: bool = True
@@ -249,7 +241,8 @@ class PeerSession:
             if isinstance(command, _Close):
                 self.close_reason = command.reason
                 return
-            if self.state is PeerState.CLOSED:
+            if self.state in (PeerState.FAILED, PeerState.CLOSED):
+                # a failed session negotiates no more: its close is queued
                 if isinstance(command, Signal):
                     self.hooks.handled(command, "ignored")
                 continue
@@ -316,7 +309,8 @@ class PeerSession:
             self._attach_local_tracks(pc, add_missing=False)
             await self._flush_candidates()
             answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            with gathering_timeout(self.settings.gather_timeout):
+                await pc.setLocalDescription(answer)
         await self._send_description("answer", pc.localDescription.sdp)
         if self.state is not PeerState.CONNECTED:
             self._answered_at = time.monotonic()
@@ -423,7 +417,8 @@ class PeerSession:
                     offer = RTCSessionDescription(
                         keep_extension_ids(offer.sdp, self._negotiated_sdp), "offer"
                     )
-                await pc.setLocalDescription(offer)
+                with gathering_timeout(self.settings.gather_timeout):
+                    await pc.setLocalDescription(offer)
             await self._send_description("offer", pc.localDescription.sdp)
         except Exception as exc:
             log.warning("%s: could not make an offer (%s): %s", self, command.reason, exc)
@@ -460,8 +455,8 @@ class PeerSession:
     def _begin_negotiation(self) -> None:
         if self.negotiation_started_at is None:
             self.negotiation_started_at = time.monotonic()
-        if self.state is not PeerState.CONNECTED:
-            self._set_state(PeerState.NEGOTIATING)
+        if self.state in (PeerState.NEW, PeerState.DISCONNECTED):
+            self._set_state(PeerState.NEGOTIATING, "negotiation started")
 
     async def _replace_pc(self, reason: str, *, bundle: bool = True) -> None:
         """A fresh RTCPeerConnection for this session; `bundle`: all media on one ICE transport.
@@ -477,8 +472,6 @@ class PeerSession:
             self.stats.replaced_connections += 1
             log.info("%s: replacing the peer connection (%s)", self, reason)
             await old.close()
-        limit_gathering_time(self.settings.gather_timeout)
-        speed_up_remote_descriptions()
         configuration = RTCConfiguration(
             iceServers=list(self.settings.ice_servers),
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE if bundle else RTCBundlePolicy.BALANCED,
@@ -537,6 +530,8 @@ class PeerSession:
             unused.stop()
 
     def _on_connection_state(self, state: str) -> None:
+        if self.state in (PeerState.FAILED, PeerState.CLOSED):
+            return  # given up: the session is closing whatever the connection does
         if state == "connected":
             now = time.monotonic()
             if self.time_to_connected is None and self.negotiation_started_at is not None:
@@ -546,10 +541,10 @@ class PeerSession:
             self._restarts_in_row = 0
             self._answered_at = None
             self._last_rx_at = now
-            self._set_state(PeerState.CONNECTED)
-            self.connected.set()
+            if self._set_state(PeerState.CONNECTED, "connection connected"):
+                self.connected.set()
         elif state == "failed" and self.state is PeerState.CONNECTED:
-            self._mark_disconnected()
+            self._mark_disconnected("connection failed")
         elif state == "failed" and self.state is PeerState.NEGOTIATING:
             # aiortc's "failed" is final for this connection, and one that fails while being set
             # up (every candidate pair failed) would otherwise wait for the watchdog's
@@ -558,18 +553,36 @@ class PeerSession:
             log.info("%s: the connection failed while connecting", self)
             self._restart_ice("failed while connecting")
 
-    def _mark_disconnected(self) -> None:
+    def _mark_disconnected(self, why: str) -> None:
+        if self.state is not PeerState.CONNECTED:
+            return
         self._disconnected_since = time.monotonic()
         self.connected.clear()
-        self._set_state(PeerState.DISCONNECTED)
+        self._set_state(PeerState.DISCONNECTED, why)
 
-    def _set_state(self, state: PeerState) -> None:
-        if state is not self.state:
-            log.debug("%s -> %s", self, state)
-            self.state = state
-            event, self._state_event = self._state_event, asyncio.Event()
-            event.set()
-            self.hooks.state_changed(self)
+    def _set_state(self, state: PeerState, why: str) -> bool:
+        """The one place the state changes, along agent.peer.states.TRANSITIONS; False when
+        refused (a change the table does not allow is a bug, logged as an error)."""
+        old = self.state
+        if state is old:
+            return True
+        if not allowed(old, state):
+            log.error(
+                "%s: bug: transition %s -> %s (%s) is not in the state table; refused",
+                self,
+                old,
+                state,
+                why,
+                extra={"peer_illegal_transition": (old, state)},
+            )
+            return False
+        transition = {"peer_transition": (old, state)}
+        log.debug("%s: %s -> %s (%s)", self, old, state, why, extra=transition)
+        self.state = state
+        event, self._state_event = self._state_event, asyncio.Event()
+        event.set()
+        self.hooks.state_changed(self)
+        return True
 
     # --- liveness ----------------------------------------------------------------------------
 
@@ -614,7 +627,7 @@ class PeerSession:
             self._fail(f"ICE restarts exhausted ({reason})")
             return
         self._restarts_in_row += 1
-        self._set_state(PeerState.NEGOTIATING)
+        self._set_state(PeerState.NEGOTIATING, reason)
         self.request_offer(reason, restart=True)
 
     async def _check_liveness(self, now: float) -> None:
@@ -627,7 +640,7 @@ class PeerSession:
             self._last_rx_at = now
         elif now - self._last_rx_at >= self.settings.media_timeout:
             log.info("%s: no packets for %.1f s, disconnected", self, now - self._last_rx_at)
-            self._mark_disconnected()
+            self._mark_disconnected("no packets")
 
     async def _read_stats(self, pc: RTCPeerConnection) -> int:
         """Update `stats` from getStats; returns the transport's packets received."""
@@ -653,7 +666,7 @@ class PeerSession:
 
     def _fail(self, reason: str) -> None:
         log.info("%s: failed: %s", self, reason)
-        self._set_state(PeerState.FAILED)
+        self._set_state(PeerState.FAILED, reason)
         self._inbox.put_nowait(_Close(reason))
 
     async def _shutdown(self, reason: str) -> None:
@@ -670,7 +683,7 @@ class PeerSession:
             with contextlib.suppress(Exception):
                 await pc.close()
         self.connected.clear()
-        self._set_state(PeerState.CLOSED)
+        self._set_state(PeerState.CLOSED, self.close_reason)
         # Whatever is still queued is acknowledged, not applied: the session is gone.
         while not self._inbox.empty():
             command = self._inbox.get_nowait()

@@ -18,6 +18,7 @@ from agent.convex import ConvexClient, RetryPolicy, TokenError, TokenSource
 from agent.logsetup import register_secret, setup_logging
 from agent.media import MediaSources, MediaSpecError
 from agent.metrics import AgentMetrics
+from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import MeetingGone
 from agent.roles.bot import Bot, participant_settings
@@ -111,6 +112,7 @@ async def _build(
 async def run_role(settings: AgentSettings) -> int:
     """The process's main coroutine. Returns the exit code; ConfigError for bad settings."""
     setup_logging(settings.log_level, settings.log_format)
+    install_patches()  # the agent's changes inside aiortc and aioice, once per process
     token = _token_source(settings)
     register_secret(token.current)
     if settings.ice_host_addresses:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 from agent.media.preencoded import PreencodedAudio
+from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
 from tests.support.peers import ApiError, PeerTransportError, RemotePeer
 
@@ -67,6 +68,7 @@ async def main() -> None:
     reader = asyncio.StreamReader(limit=2**22)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = json.loads(await reader.readline())
+    install_patches()  # a process of its own: the light peers count and pump as the agent does
     restrict_host_addresses(["127.0.0.1"])
     light = bool(spec.get("light", False))
     tone = PreencodedAudio("tone") if light else None

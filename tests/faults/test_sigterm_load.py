@@ -76,7 +76,7 @@ async def test_sigterm_under_load(devserver_factory: DevServerFactory, tmp_path:
     # Every session the agent opened ended closed.
     log = (tmp_path / "agent.stderr").read_text()
     opened = set(re.findall(r"PeerSession\(([^,]+),", log))
-    closed = set(re.findall(r"PeerSession\(([^,]+), \w+\) -> closed", log))
+    closed = set(re.findall(r"PeerSession\(([^,]+), \w+\): \w+ -> closed", log))
     assert len(opened) >= CONNECTED
     assert opened == closed, opened - closed
     assert "left meeting" in log and "Traceback" not in log
@@ -97,4 +97,4 @@ async def test_sigterm_under_load(devserver_factory: DevServerFactory, tmp_path:
 
 async def _negotiating(stderr: Path) -> bool:
     text = await asyncio.to_thread(stderr.read_text)
-    return len(re.findall(r"new\) -> negotiating", text)) > CONNECTED
+    return len(re.findall(r": new -> negotiating", text)) > CONNECTED

@@ -23,6 +23,7 @@ from agent.convex import ConvexClient, RetryPolicy, TokenSource, make_http_clien
 from agent.media import ReceivedMedia
 from agent.media.preencoded import PreencodedAudio
 from agent.media.sources import tone_track
+from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import Participant, ParticipantSettings
 from agent.peer.session import PeerSession, PeerState, SessionSettings
@@ -126,6 +127,7 @@ class LoadWorker:
     async def run(self, t0: float) -> WorkerResult:
         """Run until `t0` (a time.time()) + ramp + duration, then leave; t0 is shared by workers."""
         plan = self.plan
+        install_patches()  # a worker is a process of its own: as `connvo-agent run` does
         if plan.ice_host_addresses:
             restrict_host_addresses(list(plan.ice_host_addresses))
         if plan.media == "preencoded":
