@@ -2,10 +2,15 @@
 
 `load_settings` is the one entry point. Every problem becomes a ConfigError whose message is one
 line naming the key; input values are never echoed, so a token cannot leak into logs or stderr.
+
+Pydantic at the edge, plain dataclasses inside: a key that tunes a participant or its sessions
+takes its default from the dataclass field of the same name (ParticipantSettings, SessionSettings
+in agent.peer), and `participant_settings()` hands every such key over by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import tomllib
@@ -32,6 +37,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.peer.participant import ParticipantSettings
+from agent.peer.session import SessionSettings
+
 ENV_PREFIX = "CONNVO_"
 CONFIG_ENV = "CONNVO_CONFIG"
 
@@ -56,6 +64,15 @@ def default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
     return base / "connvo-agent"
+
+
+# The defaults of the keys that tune a participant and its sessions, where they are written.
+_SESSION = SessionSettings()
+_PARTICIPANT = ParticipantSettings(meeting_id="", state_dir=Path())
+
+
+def _init_fields(cls: type[Any]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
 
 
 Url = Annotated[str, AfterValidator(_check_url)]
@@ -85,7 +102,7 @@ class AgentSettings(BaseSettings):
     video: str = Field(default="testsrc", min_length=1)
     # bot: "count" received RTP (getStats) without decoding it, or "decode" every frame
     receive: Literal["count", "decode"] = "count"
-    call_everyone: bool = False
+    call_everyone: bool = _PARTICIPANT.call_everyone
     out: UserPath | None = None
 
     # Transcriber.
@@ -105,14 +122,14 @@ class AgentSettings(BaseSettings):
     ice_host_addresses: list[str] | None = None
 
     # Timing, in seconds.
-    poll_fast_interval: Seconds = 0.02
-    poll_idle_interval: Seconds = 1.25
-    poll_recent_window: Seconds = 3.0
-    session_timeout: Seconds = 30.0
-    ice_restart_after: Seconds = 5.0
-    media_timeout: Seconds = 5.0
-    discovery_interval: Seconds = 10.0
-    meeting_check_interval: Seconds = 15.0
+    poll_fast_interval: Seconds = _PARTICIPANT.poll_fast_interval
+    poll_idle_interval: Seconds = _PARTICIPANT.poll_idle_interval
+    poll_recent_window: Seconds = _PARTICIPANT.poll_recent_window
+    session_timeout: Seconds = _SESSION.session_timeout
+    ice_restart_after: Seconds = _SESSION.ice_restart_after
+    media_timeout: Seconds = _SESSION.media_timeout
+    discovery_interval: Seconds = _PARTICIPANT.discovery_interval
+    meeting_check_interval: Seconds = _PARTICIPANT.meeting_check_interval
     request_timeout: Seconds = 10.0
     max_retries: int = Field(default=6, ge=0, le=100)
     max_requests_in_flight: int = Field(default=6, ge=1, le=100)
@@ -133,6 +150,22 @@ class AgentSettings(BaseSettings):
         if self.poll_fast_interval > self.poll_idle_interval:
             raise ValueError("poll_fast_interval: must not exceed poll_idle_interval")
         return self
+
+    def participant_settings(self) -> ParticipantSettings:
+        """The participant's settings: every key named like a field of ParticipantSettings or
+        SessionSettings sets that field; the rest keep the dataclasses' defaults."""
+        session = SessionSettings(
+            **self._fields_of(SessionSettings),
+            # the recorder and the transcriber need every frame; the bot only counts by default
+            decode_media=self.role != "bot" or self.receive == "decode",
+        )
+        return ParticipantSettings(
+            **self._fields_of(ParticipantSettings), meeting_id=self.meeting, session=session
+        )
+
+    def _fields_of(self, cls: type[Any]) -> dict[str, Any]:
+        names = _init_fields(cls) & type(self).model_fields.keys()
+        return {name: getattr(self, name) for name in names}
 
     def read_token(self) -> SecretStr:
         """The bearer token, from `token` or read now from `token_file` (so it may rotate)."""
@@ -161,6 +194,11 @@ class AgentSettings(BaseSettings):
         if path is None:
             return (init_settings, env_settings)
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
+
+
+def default_of(key: str) -> Any:
+    """The default of a settings key, for a role's own dataclass to take rather than repeat."""
+    return AgentSettings.model_fields[key].default
 
 
 @contextmanager

@@ -89,5 +89,5 @@ def sort_key_of(text: str) -> int | None:
 
 
 def is_id_of(text: str, table: str) -> bool:
-    """The ID checker passed to the wire models' validation context."""
+    """Whether `text` is an ID of `table` in this backend."""
     return table_of(text) == table

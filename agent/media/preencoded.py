@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.packet import Packet
 
 from agent.media.packet_pump import PacketPump
-from agent.media.sources import (
+from agent.media.pcm import (
     AUDIO_TIME_BASE,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,

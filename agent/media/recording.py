@@ -65,7 +65,7 @@ def _stamp(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
 
 
-def _safe(name: str) -> str:
+def safe_path_component(name: str) -> str:
     """A path component from an id: keeps [A-Za-z0-9._-], replaces anything else."""
     cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
     return cleaned.lstrip(".") or "_"
@@ -255,7 +255,7 @@ class MeetingRecording:
     """Every recording of one meeting, and its manifest (rewritten atomically on each change)."""
 
     def __init__(self, out: Path, meeting_id: str, *, clock: Clock = time.time) -> None:
-        self.root = out / _safe(meeting_id)
+        self.root = out / safe_path_component(meeting_id)
         self.meeting_id = meeting_id
         self._clock = clock
         self.started_at = clock()
@@ -300,8 +300,10 @@ class MeetingRecording:
                     now = self._clock()
                     self._counter += 1
                     suffix = AUDIO_SUFFIX if kind == "audio" else VIDEO_SUFFIX
-                    name = f"{_safe(session.session_id)}_{_stamp(now)}_{self._counter}_{kind}"
-                    path = self.root / _safe(session.user_id) / f"{name}.{suffix}"
+                    session_part = safe_path_component(session.session_id)
+                    name = f"{session_part}_{_stamp(now)}_{self._counter}_{kind}"
+                    user_part = safe_path_component(session.user_id)
+                    path = self.root / user_part / f"{name}.{suffix}"
                     writer = TrackWriter(path, kind)
                     entry = FileEntry(path, kind, writer.container_format, writer.codec, now)
                     session.files.append(entry)

@@ -22,19 +22,15 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import MediaStreamTrack
 
 from agent.aio import wait_event
 from agent.convex import ConvexError
-from agent.peer.session import (
-    LocalIdentity,
-    PeerSession,
-    PeerState,
-    SessionSettings,
-)
+from agent.peer.session import LocalIdentity, PeerSession, SessionSettings
+from agent.peer.states import PeerState
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import ActiveSession, MetadataValue, SessionState, Signal
 
@@ -60,9 +56,11 @@ class _CallRecord:
     row: tuple[str, float] | None = None  # (state, updatedAt) of its row when last called
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ManagerSettings:
-    session: SessionSettings
+    """How the manager calls, discovers and reports; ParticipantSettings extends it."""
+
+    session: SessionSettings = field(default_factory=SessionSettings)
     call_everyone: bool = False
     discovery_interval: float = 10.0  # the longest gap between discoveries
     # discovery runs this often at first and after a change, doubling up to discovery_interval

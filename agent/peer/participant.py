@@ -15,23 +15,17 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiortc import MediaStreamTrack
 
 from agent.convex import ConvexError, FunctionError
 from agent.peer.ice import to_rtc_ice_servers
-from agent.peer.manager import (
-    CALL_RETRY_PAUSES_S,
-    MAX_CALL_TRIES,
-    ManagerSettings,
-    SessionManager,
-    TrackConsumer,
-)
-from agent.peer.session import LocalIdentity, PeerSession, PeerState, SessionSettings
+from agent.peer.manager import ManagerSettings, SessionManager, TrackConsumer
+from agent.peer.session import LocalIdentity, PeerSession
+from agent.peer.states import PeerState
 from agent.signaling.api import ConnvoApi
-from agent.signaling.models import ActiveSession
 from agent.signaling.poller import PollerObserver, SignalPoller
 from agent.signaling.state import SignalStateStore, state_file
 
@@ -42,22 +36,20 @@ OWN_SESSION_KEY = "own_session_id"
 RESTORE_SETTLE_S = 5.0
 
 
-@dataclass
-class ParticipantSettings:
+@dataclass(kw_only=True)
+class ParticipantSettings(ManagerSettings):
+    """The manager's settings (calls, discovery, reports, `session`) and the participant's own.
+
+    These dataclasses (with SessionSettings) hold every default; agent.config.AgentSettings takes
+    its defaults from them and maps its keys onto them by name.
+    """
+
     meeting_id: str
     state_dir: Path
     session_id: str | None = None
-    call_everyone: bool = False
     poll_fast_interval: float = 0.02
     poll_idle_interval: float = 1.25
     poll_recent_window: float = 3.0
-    discovery_interval: float = 10.0
-    discovery_first_interval: float = 1.0
-    call_filter: Callable[[ActiveSession], bool] | None = None
-    # with call_everyone: calls to a listed session that never connects, and the pauses between
-    max_call_tries: int = MAX_CALL_TRIES
-    call_retry_pauses: tuple[float, ...] = CALL_RETRY_PAUSES_S
-    session: SessionSettings = field(default_factory=SessionSettings)
     # None: take the ICE servers from getMeetingConnectionInfo
     ice_servers_override: list[str] | None = None
     shutdown_timeout: float = 4.0
@@ -140,15 +132,7 @@ class Participant:
         self.manager = SessionManager(
             self.api,
             self.local,
-            ManagerSettings(
-                session=s.session,
-                call_everyone=s.call_everyone,
-                discovery_interval=s.discovery_interval,
-                discovery_first_interval=s.discovery_first_interval,
-                call_filter=s.call_filter,
-                max_call_tries=s.max_call_tries,
-                call_retry_pauses=s.call_retry_pauses,
-            ),
+            s,  # a ManagerSettings itself
             local_tracks=self._local_tracks,
             on_track=self._on_track,
             on_state=self._state_changed,

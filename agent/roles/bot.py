@@ -14,7 +14,8 @@ from agent.config import AgentSettings
 from agent.media import MediaSources, ReceivedMedia
 from agent.metrics import AgentMetrics
 from agent.peer.participant import Participant, ParticipantSettings
-from agent.peer.session import PeerSession, PeerState, SessionSettings
+from agent.peer.session import PeerSession
+from agent.peer.states import PeerState
 from agent.signaling.api import ConnvoApi
 
 log = logging.getLogger(__name__)
@@ -46,24 +47,8 @@ class BotReport:
 
 
 def participant_settings(settings: AgentSettings) -> ParticipantSettings:
-    return ParticipantSettings(
-        meeting_id=settings.meeting,
-        state_dir=settings.state_dir,
-        session_id=settings.session_id,
-        call_everyone=settings.call_everyone,
-        poll_fast_interval=settings.poll_fast_interval,
-        poll_idle_interval=settings.poll_idle_interval,
-        poll_recent_window=settings.poll_recent_window,
-        discovery_interval=settings.discovery_interval,
-        meeting_check_interval=settings.meeting_check_interval,
-        session=SessionSettings(
-            session_timeout=settings.session_timeout,
-            ice_restart_after=settings.ice_restart_after,
-            media_timeout=settings.media_timeout,
-            # the recorder and the transcriber need every frame; the bot only counts by default
-            decode_media=settings.role != "bot" or settings.receive == "decode",
-        ),
-    )
+    """The participant's settings of a role run by `connvo-agent run`."""
+    return settings.participant_settings()
 
 
 class Bot:

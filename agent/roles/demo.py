@@ -1,22 +1,21 @@
 """`connvo-agent demo`: the whole thing on one machine, in a few seconds.
 
-It starts the dev backend on a temporary database, creates a meeting, runs a bot and a second
-participant (a guest that calls everyone) through the same HTTP API, lets media flow both ways,
-prints what each side received, and exits 0 when media flowed both ways.
+Against a dev backend (started by `agent.cli.demo` on a temporary database) it creates a meeting,
+runs a bot and a second participant (a guest that calls everyone) through the same HTTP API, lets
+media flow both ways, prints what each side received, and exits 0 when media flowed both ways.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from agent.convex import ConvexClient, TokenSource
-from agent.devserver.process import DevServerProcess
 from agent.media import MediaSources
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import ParticipantSettings
@@ -26,33 +25,49 @@ from agent.signaling.api import ConnvoApi
 CONNECT_TIMEOUT_S = 30.0
 
 
+class DemoBackend(Protocol):
+    """What the demo needs of a dev backend (`agent.devserver.process.DevServerProcess` is one)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def token(self, name: str) -> str:
+        """A bearer token for user `name`."""
+        ...
+
+    def meeting(self, host: str, participants: Iterable[str] = ()) -> str:
+        """An active meeting of `host` and `participants`; its ID."""
+        ...
+
+
 @dataclass
 class DemoResult:
     lines: list[str]
     ok: bool
 
 
-async def run_demo(seconds: float, echo: bool = True) -> DemoResult:
+async def run_demo(
+    server: DemoBackend, workdir: Path, seconds: float, echo: bool = True
+) -> DemoResult:
+    """Run the bot and the guest against `server`; their state lives under `workdir`."""
+
     def say(line: str) -> None:
         if echo:
             print(line, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="connvo-demo-") as tmp:
-        workdir = Path(tmp)
-        with DevServerProcess(workdir / "devserver.sqlite") as server:
-            meeting_id = server.meeting("bot", ["guest"])
-            say(f"dev backend  {server.url}  (temporary database)")
-            say(f"meeting      {meeting_id}")
-            # Everything stays on this machine: ICE host candidates on loopback only.
-            restrict_host_addresses(["127.0.0.1"])
-            try:
-                return await _run_pair(server, meeting_id, workdir, seconds, say)
-            finally:
-                restrict_host_addresses(None)
+    meeting_id = server.meeting("bot", ["guest"])
+    say(f"dev backend  {server.url}  (temporary database)")
+    say(f"meeting      {meeting_id}")
+    # Everything stays on this machine: ICE host candidates on loopback only.
+    restrict_host_addresses(["127.0.0.1"])
+    try:
+        return await _run_pair(server, meeting_id, workdir, seconds, say)
+    finally:
+        restrict_host_addresses(None)
 
 
 async def _run_pair(
-    server: DevServerProcess,
+    server: DemoBackend,
     meeting_id: str,
     workdir: Path,
     seconds: float,

@@ -1,55 +1,44 @@
 """Pydantic models of Connvo's Convex HTTP API: the wire format, shared with the dev backend.
 
 Shapes follow `connvo-api-subset.yaml`. Argument models forbid extra fields, as Convex's argument
-validators do. Fields that hold a Convex document ID are annotated with `TableId("table")`:
-inert for the agent (it must not second-guess real Convex IDs), checked by the dev backend,
-which passes an ID checker in the validation context (`ID_CHECKER_CONTEXT_KEY`).
+validators do. Fields that hold a Convex document ID are annotated with `TableId("table")`, which
+names the table and validates nothing: the agent must not second-guess real Convex IDs.
+
+This module is the API contract only; limits that only a server enforces (request body size,
+its own checks of IDs and text) live with the dev backend, in agent/devserver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
     model_validator,
 )
 
-# Size limits shared by both sides. A browser's SDP with a few tracks is 3-15 KB; 64 KiB leaves room
-# for large meshes and simulcast while keeping a hostile 1 MB SDP out.
+# Size limits of what the agent sends and accepts. A browser's SDP with a few tracks is 3-15 KB;
+# 64 KiB leaves room for large meshes and simulcast while keeping a hostile 1 MB SDP out.
 MAX_SDP_CHARS = 64 * 1024
 MAX_CANDIDATE_CHARS = 1024
 MAX_SESSION_ID_CHARS = 128
-MAX_TRANSCRIPT_CHARS = 10_000
-MAX_SIGNAL_IDS_PER_ACK = 500
-MAX_REQUEST_BODY_BYTES = 256 * 1024
-
-ID_CHECKER_CONTEXT_KEY = "id_checker"
+MAX_TRANSCRIPT_CHARS = 10_000  # Connvo refuses longer transcript chunks
+MAX_SIGNAL_IDS_PER_ACK = 500  # the agent acknowledges at most this many signals per call
 
 
+@dataclass(frozen=True)
 class TableId:
-    """Marks a string as a Convex ID of `table`; checked only when a checker is in context."""
+    """Marks a string as a Convex ID of `table` (documentation; pydantic ignores it)."""
 
-    def __init__(self, table: str) -> None:
-        self.table = table
-
-    def __call__(self, value: str, info: ValidationInfo) -> str:
-        checker: Callable[[str, str], bool] | None = (info.context or {}).get(
-            ID_CHECKER_CONTEXT_KEY
-        )
-        if checker is not None and not checker(value, self.table):
-            raise ValueError(f'not a valid ID of table "{self.table}"')
-        return value
+    table: str
 
 
-MeetingId = Annotated[str, AfterValidator(TableId("meetings"))]
-UserId = Annotated[str, AfterValidator(TableId("users"))]
-SignalId = Annotated[str, AfterValidator(TableId("webrtcSignals"))]
+MeetingId = Annotated[str, TableId("meetings")]
+UserId = Annotated[str, TableId("users")]
+SignalId = Annotated[str, TableId("webrtcSignals")]
 SessionId = Annotated[str, Field(min_length=1, max_length=MAX_SESSION_ID_CHARS)]
 
 SdpType = Literal["offer", "answer", "pranswer", "rollback"]

@@ -31,7 +31,7 @@ def _worker_main(
     conn: Connection,
 ) -> None:
     """Entry point of a worker process."""
-    from agent.cli.loop import run_async
+    from agent.aio import run_async
     from agent.logsetup import setup_logging
 
     setup_logging("warning")
