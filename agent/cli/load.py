@@ -87,6 +87,9 @@ def load_command(
     connect_timeout: float,
 ) -> int:
     """Simulate participants: real identities, signalling, ICE, DTLS and SRTP."""
+    from agent.extras import require
+
+    require("load", "the load runner")
     from agent.logsetup import register_secret, setup_logging
     from agent.roles.load.plan import LoadPlan, PlanError, Shard
     from agent.roles.load.runner import run_and_write
@@ -148,6 +151,9 @@ def report_group() -> None:
 )
 def merge_command(dirs: tuple[Path, ...], out: Path) -> int:
     """Combine shard reports (DIR... holding report.json) into one."""
+    from agent.extras import require
+
+    require("load", "the load report")
     from agent.roles.load.report import ReportError, merge_reports, read_report, write_report
 
     try:

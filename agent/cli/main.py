@@ -22,13 +22,31 @@ def _register_subcommands() -> None:
     from agent.cli.demo import demo_command
     from agent.cli.load import load_command, report_group
     from agent.cli.run import run_command
-    from agent.devserver.cli import devserver
+    from agent.extras import has_extra, unavailable_command
 
     cli.add_command(run_command)
     cli.add_command(demo_command)
     cli.add_command(load_command)
     cli.add_command(report_group)
-    cli.add_command(devserver)
+    if has_extra("devserver"):
+        from agent.devserver.cli import devserver
+
+        cli.add_command(devserver)
+    else:
+        cli.add_command(
+            unavailable_command(
+                "devserver", "devserver", "the dev backend", "Run the local dev backend"
+            )
+        )
+
+
+def __getattr__(name: str) -> click.Group:
+    # `agent.cli.main.full_cli`: the group with every subcommand registered, for the generated
+    # CLI reference (mkdocs-click loads a command by attribute); registering stays lazy otherwise.
+    if name == "full_cli":
+        _register_subcommands()
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

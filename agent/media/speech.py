@@ -6,10 +6,11 @@
   unvoiced frames, or at `max_utterance_s`.
 - `SttEngine` is the small interface an engine implements: `recognizer()` returns a `Recognizer`
   for one audio stream, fed utterance by utterance (`accept(pcm)` may return an interim text,
-  `result()` ends the utterance). Engines: `pocketsphinx` (default: the English model shipped in
-  the wheel, works offline), `vosk` and `faster-whisper` (the `vosk` / `faster-whisper` extras,
-  given a local model directory; nothing is ever downloaded). Loading an engine blocks (seconds
-  for a large model) and so may `recognizer()`: the transcriber calls the latter in a thread.
+  `result()` ends the utterance). Engines: `pocketsphinx` (default, the `transcriber` extra: the
+  English model shipped in the wheel, works offline), `vosk` and `faster-whisper` (the `vosk`
+  and `faster-whisper` extras, given a local model directory; nothing is ever downloaded).
+  Loading an engine blocks (seconds for a large model) and so may `recognizer()`: the
+  transcriber calls the latter in a thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.extras import MissingExtra, installed
+
 SAMPLE_RATE = 16_000
 BYTES_PER_SAMPLE = 2
 VAD_FRAME_MS = 30
@@ -34,6 +37,12 @@ ENGINES = ("pocketsphinx", "vosk", "faster-whisper")
 
 class SpeechEngineError(Exception):
     """An engine cannot be loaded (not installed, bad model path); str() is one line."""
+
+
+def require_vad() -> None:
+    """Raise MissingExtra unless WebRTC's VAD is installed (every speech-engine extra has it)."""
+    if not installed("webrtcvad"):
+        raise MissingExtra("the transcriber", "transcriber")
 
 
 # --- utterances -------------------------------------------------------------------------------
@@ -68,6 +77,7 @@ class UtteranceCutter:
         silence_ms: int = 600,
         max_utterance_s: float = 15.0,
     ) -> None:
+        require_vad()
         import webrtcvad  # type: ignore[import-untyped]
 
         self._vad = webrtcvad.Vad(aggressiveness)
@@ -156,12 +166,12 @@ class SttEngine(Protocol):
     def recognizer(self) -> Recognizer: ...
 
 
-def _module(name: str, package: str) -> Any:
+def _module(name: str, engine: str, extra: str) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError:
         raise SpeechEngineError(
-            f"stt_engine: needs the {package!r} package (pip install {package})"
+            f"stt_engine: {MissingExtra(f'the {engine} engine', extra).message}"
         ) from None
 
 
@@ -171,7 +181,7 @@ class PocketsphinxEngine:
 
     def __init__(self, model: Path | None = None, language: str = "en-US") -> None:
         self.language = language
-        self._ps = _module("pocketsphinx", "pocketsphinx")
+        self._ps = _module("pocketsphinx", self.name, "transcriber")
         self._config: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
         if model is not None:
             # A model directory: the acoustic model (with mdef) and one *.lm.bin / *.dict each.
@@ -235,7 +245,7 @@ class VoskEngine:
 
     def __init__(self, model: Path | None, language: str = "en-US") -> None:
         self.language = language
-        vosk = _module("vosk", "vosk")
+        vosk = _module("vosk", self.name, "vosk")
         if model is None or not model.is_dir():
             raise SpeechEngineError("stt_model: vosk needs the path of a model directory")
         vosk.SetLogLevel(-1)
@@ -295,7 +305,7 @@ class FasterWhisperEngine:
 
     def __init__(self, model: Path | None, language: str = "en-US") -> None:
         self.language = language
-        fw = _module("faster_whisper", "faster-whisper")
+        fw = _module("faster_whisper", self.name, "faster-whisper")
         if model is None or not model.is_dir():
             raise SpeechEngineError(
                 "stt_model: faster-whisper needs the path of a converted (CTranslate2) model "

@@ -47,8 +47,9 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack
 
+from agent.config import default_of
 from agent.convex import AuthError, ConvexError, FunctionError, TransientError
-from agent.media.recording import _safe
+from agent.media.recording import safe_path_component
 from agent.media.sinks import frames
 from agent.media.speech import (
     SAMPLE_RATE,
@@ -58,6 +59,7 @@ from agent.media.speech import (
     UtteranceCutter,
     UtteranceEnd,
     UtteranceStart,
+    require_vad,
 )
 from agent.peer.participant import Participant, ParticipantSettings
 from agent.peer.session import PeerSession
@@ -80,9 +82,10 @@ DRAIN_TIMEOUT_S = 3.0
 
 @dataclass
 class TranscriberSettings:
-    language: str = "en-US"
-    vad_aggressiveness: int = 2
-    interim: bool = False
+    # the defaults of the `language`, `vad_aggressiveness` and `transcript_interim` keys
+    language: str = default_of("language")
+    vad_aggressiveness: int = default_of("vad_aggressiveness")
+    interim: bool = default_of("transcript_interim")
     transcript_dir: Path | None = None  # default: state_dir/transcripts
     drain_timeout: float = DRAIN_TIMEOUT_S
 
@@ -371,13 +374,14 @@ class Transcriber:
         *,
         ingest_api: ConnvoApi | None = None,
     ) -> None:
+        require_vad()  # before joining, rather than when the first audio track arrives
         self.settings = settings
         self.options = options or TranscriberSettings()
         self.engine = engine
         self.ingest_api = ingest_api or api
         self.participant = Participant(api, settings, on_track=self._on_track)
         directory = self.options.transcript_dir or settings.state_dir / "transcripts"
-        self.transcript = LocalTranscript(directory / _safe(settings.meeting_id))
+        self.transcript = LocalTranscript(directory / safe_path_component(settings.meeting_id))
         self.streams: dict[str, StreamTranscriber] = {}  # remote session id -> latest stream
         self.posted: list[tuple[Chunk, int]] = []  # (chunk, sequence), this run
         self.first_track = asyncio.Event()
@@ -394,7 +398,8 @@ class Transcriber:
         if self._outbox is None:
             assert self.participant.local is not None, "the outbox opens after joining"
             local = self.participant.local
-            name = f"{_safe(local.meeting_id)}--{_safe(local.user_id)}.outbox.sqlite"
+            meeting_part = safe_path_component(local.meeting_id)
+            name = f"{meeting_part}--{safe_path_component(local.user_id)}.outbox.sqlite"
             self._outbox = Outbox(self.settings.state_dir / name)
         return self._outbox
 

@@ -221,8 +221,8 @@ async def test_rate_limited_chunks_wait_and_are_posted_in_order(
 @pytest.mark.parametrize(
     ("engine", "message"),
     [
-        ("vosk", "stt_engine: needs the 'vosk' package (pip install vosk)"),
-        ("faster-whisper", "stt_engine: needs the 'faster-whisper' package"),
+        ("vosk", "stt_engine: the vosk engine needs the 'vosk' extra: pip install 'connvo-agent"),
+        ("faster-whisper", "stt_engine: the faster-whisper engine needs the 'faster-whisper'"),
         ("whisper.cpp", "stt_engine: unknown engine 'whisper.cpp'"),
     ],
 )

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from agent.extras import require
 from agent.roles.load.worker import percentile
 
 REPORT_JSON = "report.json"
@@ -177,6 +178,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _svg(draw: Any) -> str:
+    require("load", "the load report's plots")
     import matplotlib
 
     matplotlib.use("Agg")
