@@ -26,7 +26,13 @@ from agent.peer.manager import ManagerSettings, SessionManager, TrackConsumer
 from agent.peer.session import LocalIdentity, PeerSession
 from agent.peer.states import PeerState
 from agent.signaling.api import ConnvoApi
-from agent.signaling.poller import PollerObserver, SignalPoller
+from agent.signaling.poller import (
+    FAST_INTERVAL_S,
+    IDLE_INTERVAL_S,
+    RECENT_WINDOW_S,
+    PollerObserver,
+    SignalPoller,
+)
 from agent.signaling.state import SignalStateStore, state_file
 
 log = logging.getLogger(__name__)
@@ -47,9 +53,9 @@ class ParticipantSettings(ManagerSettings):
     meeting_id: str
     state_dir: Path
     session_id: str | None = None
-    poll_fast_interval: float = 0.02
-    poll_idle_interval: float = 1.25
-    poll_recent_window: float = 3.0
+    poll_fast_interval: float = FAST_INTERVAL_S
+    poll_idle_interval: float = IDLE_INTERVAL_S
+    poll_recent_window: float = RECENT_WINDOW_S
     # None: take the ICE servers from getMeetingConnectionInfo
     ice_servers_override: list[str] | None = None
     shutdown_timeout: float = 4.0

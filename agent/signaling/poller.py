@@ -44,6 +44,12 @@ from agent.signaling.state import SignalStateStore
 
 log = logging.getLogger(__name__)
 
+# Poll intervals (ParticipantSettings takes its defaults from these): fast while negotiating or
+# just after sending, idle otherwise (1.25 s keeps an idle identity under one request a second
+# with discovery and the meeting check), fast for this long after the last activity.
+FAST_INTERVAL_S = 0.02
+IDLE_INTERVAL_S = 1.25
+RECENT_WINDOW_S = 3.0
 PAGE_SIZE = 50  # the server's cap: a page this long means more may be waiting
 MAX_PAGES_PER_CYCLE = 8  # bound one drain so a huge backlog still gets applied in slices
 CURSOR_KEY = "cursor"
@@ -134,9 +140,9 @@ class SignalPoller:
         store: SignalStateStore,
         sink: SignalSink,
         *,
-        fast_interval: float = 0.02,
-        idle_interval: float = 1.25,
-        recent_window: float = 3.0,
+        fast_interval: float = FAST_INTERVAL_S,
+        idle_interval: float = IDLE_INTERVAL_S,
+        recent_window: float = RECENT_WINDOW_S,
         observer: PollerObserver | None = None,
     ) -> None:
         self.api = api
