@@ -18,13 +18,18 @@ from tests.agent.test_negotiation import TIMEOUT
 from tests.support.waiting import poll_until
 
 
-async def start_agent(meeting: Meeting, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
+async def start_agent(
+    meeting: Meeting,
+    tmp_path: Path,
+    *extra: str,
+    command: tuple[str, ...] = (sys.executable, "-m", "agent"),
+    **popen: Any,
+) -> asyncio.subprocess.Process:
+    """`connvo-agent run` as the bot of `meeting` (`command`: how to start connvo-agent)."""
     token_file = tmp_path / "token"
     token_file.write_text(meeting.tokens["bot"])
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
+        *command,
         "run",
         "--url",
         meeting.server.url,
@@ -41,6 +46,7 @@ async def start_agent(meeting: Meeting, tmp_path: Path, *extra: str) -> asyncio.
         *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        **popen,
     )
 
 
@@ -49,6 +55,15 @@ async def call_agent(meeting: Meeting, peer) -> None:
     async with asyncio.timeout(TIMEOUT):
         await poll_until(lambda: bot_session_states(meeting, peer))
     await peer.offer(meeting.users["bot"])
+
+
+async def call_and_receive(meeting: Meeting, peer) -> None:
+    """Call the agent process; return once the peer is connected and has its audio and video."""
+    await call_agent(meeting, peer)
+    async with asyncio.timeout(TIMEOUT):
+        await peer.connected.wait()
+        await peer.received.audio.wait()
+        await peer.received.video.wait()
 
 
 async def bot_session_states(meeting: Meeting, peer) -> dict[str, str]:
@@ -63,11 +78,7 @@ async def test_run_connects_and_leaves_on_signal(
     proc = await start_agent(meeting, tmp_path, "--audio", "tone", "--video", "testsrc")
     try:
         async with meeting.peer("alice") as alice:
-            await call_agent(meeting, alice)
-            async with asyncio.timeout(TIMEOUT):
-                await alice.connected.wait()
-                await alice.received.audio.wait()
-                await alice.received.video.wait()
+            await call_and_receive(meeting, alice)
             sent_at = time.monotonic()
             proc.send_signal(signum)
             async with asyncio.timeout(5.0):

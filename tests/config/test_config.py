@@ -11,16 +11,6 @@ SECRET = "tok-very-secret-123"
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "agent.example.toml"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("CONNVO_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-
-
 def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)

@@ -31,16 +31,6 @@ PARTICIPANT_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("CONNVO_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-
-
 def _defaults(cls: type[Any]) -> dict[str, Any]:
     return {
         f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING

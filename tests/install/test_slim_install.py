@@ -23,8 +23,7 @@ import pytest
 
 from agent.peer.ice import restrict_host_addresses
 from tests.agent.conftest import make_meeting
-from tests.agent.test_cli_run import call_agent
-from tests.agent.test_negotiation import TIMEOUT
+from tests.agent.test_cli_run import call_and_receive, start_agent
 from tests.install.wheelhouse import clean_env, fresh_venv, site_packages, wheelhouse
 
 # Offered by the wheelhouse, so that their absence shows pip was not asked for them.
@@ -149,39 +148,17 @@ async def test_a_bot_from_the_base_install_connects(
 ) -> None:
     # The dev backend and the remote peer come from the full install (this venv).
     meeting = make_meeting(devserver, ["bot", "alice"])
-    token_file = tmp_path / "token"
-    token_file.write_text(meeting.tokens["bot"])
-    proc = await asyncio.create_subprocess_exec(
-        str(base.bin / "connvo-agent"),
-        "run",
-        "--url",
-        devserver.url,
-        "--token-file",
-        str(token_file),
-        "--meeting",
-        meeting.id,
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--ice-host",
-        "127.0.0.1",
-        "--audio",
-        "tone",
-        "--video",
-        "testsrc",
-        "--log-level",
-        "info",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    proc = await start_agent(
+        meeting,
+        tmp_path,
+        "--audio", "tone", "--video", "testsrc", "--log-level", "info",
+        command=(str(base.bin / "connvo-agent"),),
         env=clean_env(),
         cwd=base.root,
-    )
+    )  # fmt: skip
     try:
         async with meeting.peer("alice") as alice:
-            await call_agent(meeting, alice)
-            async with asyncio.timeout(TIMEOUT):
-                await alice.connected.wait()
-                await alice.received.audio.wait()
-                await alice.received.video.wait()
+            await call_and_receive(meeting, alice)
             proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(10):
                 _, stderr = await proc.communicate()
