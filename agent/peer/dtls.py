@@ -18,9 +18,6 @@ from agent.patches.certificate import (
     shared_certificate,
 )
 
-# the name tests/agent/test_dtls.py knows the factory by
-_CertificateFactory = CertificateFactory
-
 __all__ = [
     "RENEW_BEFORE",
     "CertificateFactory",

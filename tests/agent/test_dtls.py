@@ -114,7 +114,7 @@ def _certificate_expiring_in(delta: datetime.timedelta) -> SharedCertificate:
 
 
 def test_the_certificate_is_renewed_a_day_before_it_expires() -> None:
-    factory = dtls._CertificateFactory()
+    factory = dtls.CertificateFactory()
     fresh = factory.generateCertificate()
     assert factory.generateCertificate() is fresh  # reused while valid
     factory._current = _certificate_expiring_in(datetime.timedelta(days=2))

@@ -1,4 +1,4 @@
-"""setRemoteDescription as `speed_up_remote_descriptions()` leaves it: the same codecs as aiortc's
+"""setRemoteDescription as the patch `remote_descriptions` leaves it: the same codecs as aiortc's
 own matching, an answer applied without a turn of the event loop, and media flowing afterwards."""
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, s
 from aiortc.codecs import CODECS
 from aiortc.mediastreams import AudioStreamTrack
 
+from agent.patches import install
+from agent.patches.descriptions import aiortc_find_common_codecs, find_common_codecs
 from agent.peer.ice import restrict_host_addresses
-from agent.peer.remote_description import (
-    aiortc_find_common_codecs,
-    find_common_codecs,
-    speed_up_remote_descriptions,
-)
 
 TIMEOUT_S = 10
 
@@ -121,7 +118,7 @@ def steps_to_finish(coro: Coroutine[Any, Any, Any]) -> bool:
 async def test_answer_applied_in_one_step_and_media_flows(
     offerer_and_answerer: tuple[RTCPeerConnection, RTCPeerConnection],
 ) -> None:
-    speed_up_remote_descriptions()
+    install(only={"remote_descriptions"})
     offerer, answerer = offerer_and_answerer
     answer = await exchange(offerer, answerer)
     assert "a=candidate:" in answer
@@ -150,7 +147,7 @@ async def test_a_candidate_that_waits_is_finished_by_a_task(
 ) -> None:
     # Fault: adding a candidate waits a turn first (as aioice does while it resolves an mDNS
     # name, which would send multicast). The real addition runs after it.
-    speed_up_remote_descriptions()
+    install(only={"remote_descriptions"})
     offerer, answerer = offerer_and_answerer
     answer = await exchange(offerer, answerer)
     transport = offerer.getTransceivers()[0].receiver.transport.transport

@@ -1,5 +1,5 @@
-"""The agent's codec matching (agent/peer/remote_description.py) on Chromium's SDP: the same
-codecs as aiortc's own matching finds."""
+"""The agent's codec matching (the patch `remote_descriptions`, agent/patches/descriptions.py) on
+Chromium's SDP: the same codecs as aiortc's own matching finds."""
 
 from __future__ import annotations
 
