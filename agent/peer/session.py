@@ -48,6 +48,7 @@ from agent.peer.ice import (
 from agent.peer.receiving import count_only
 from agent.peer.states import PeerState as PeerState  # re-exported: its old home
 from agent.peer.states import allowed
+from agent.peer.stats import SessionStats, read_stats
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IceCandidate, SessionDescription, Signal
 
@@ -113,17 +114,6 @@ class _Close:
 
 
 _Command = Signal | _Offer | _Close
-
-
-@dataclass
-class SessionStats:
-    rtt: float | None = None
-    packets_received: int = 0  # by the transport: RTP, RTCP and DTLS
-    rtp_received: int = 0  # RTP packets of the inbound streams
-    packets_lost: int = 0
-    jitter: float | None = None
-    ice_restarts: int = 0
-    replaced_connections: int = 0
 
 
 class PeerSession:
@@ -634,35 +624,13 @@ class PeerSession:
         pc = self.pc
         if pc is None:
             return
-        received = await self._read_stats(pc)
+        received = await read_stats(pc, self.stats)
         if received > self._last_rx:
             self._last_rx = received
             self._last_rx_at = now
         elif now - self._last_rx_at >= self.settings.media_timeout:
             log.info("%s: no packets for %.1f s, disconnected", self, now - self._last_rx_at)
             self._mark_disconnected("no packets")
-
-    async def _read_stats(self, pc: RTCPeerConnection) -> int:
-        """Update `stats` from getStats; returns the transport's packets received."""
-        received = lost = rtp = 0
-        jitters = []
-        for report in (await pc.getStats()).values():
-            kind = getattr(report, "type", "")
-            if kind == "transport":
-                received += report.packetsReceived
-            elif kind == "remote-inbound-rtp":
-                self.stats.rtt = report.roundTripTime
-            elif kind == "inbound-rtp":
-                lost += report.packetsLost
-                rtp += report.packetsReceived
-                # aiortc reports jitter in RTP timestamp units: 48 kHz audio, 90 kHz video
-                jitters.append(report.jitter / (90_000 if report.kind == "video" else 48_000))
-        self.stats.packets_lost = lost
-        self.stats.rtp_received = rtp
-        if jitters:
-            self.stats.jitter = max(jitters)
-        self.stats.packets_received = received
-        return received
 
     def _fail(self, reason: str) -> None:
         log.info("%s: failed: %s", self, reason)
@@ -679,7 +647,7 @@ class PeerSession:
                 # the final figures, for reports; never holding up a shutdown
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(FINAL_STATS_TIMEOUT_S):
-                        await self._read_stats(pc)
+                        await read_stats(pc, self.stats)
             with contextlib.suppress(Exception):
                 await pc.close()
         self.connected.clear()
