@@ -8,6 +8,7 @@ states once a second, holds the full population for the run's duration, then let
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import os
@@ -27,6 +28,7 @@ from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import Participant, ParticipantSettings
 from agent.peer.session import PeerSession, PeerState, SessionSettings
+from agent.peer.stats import read_stats
 from agent.roles.load.plan import Identity, LoadPlan
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import ActiveSession
@@ -146,6 +148,7 @@ class LoadWorker:
                     self._start(identity, http, tasks)
                 self._ramp_done = True
                 await _sleep_until(end)
+                await self._read_connection_stats()
                 self._sample(t0)
                 for r in self.running:
                     # what each connection looked like at the end of the hold, before leaving
@@ -218,6 +221,15 @@ class LoadWorker:
         return ReceivedMedia().consume(track)  # decodes every frame, like a real participant
 
     # --- sampling ----------------------------------------------------------------------------
+
+    async def _read_connection_stats(self) -> None:
+        """Read every connected session's figures now, for the last sample: a session's watchdog
+        reads them once a second, so one that connected just before the end has none yet."""
+        for r in self.running:
+            for s in _sessions(r):
+                if s.state is PeerState.CONNECTED and s.pc is not None:
+                    with contextlib.suppress(Exception):  # closing under us: its last figures stand
+                        await read_stats(s.pc, s.stats)
 
     async def _probe_lag(self) -> None:
         while True:
