@@ -105,7 +105,9 @@ class SessionManager:
         self._awaiting_offer: dict[str, int] = {}
         self._closed: dict[str, float] = {}  # remote session id -> when it closed
         self._closed_wall: dict[str, float] = {}  # the same, epoch seconds (vs. signal times)
-        self._seen_active: set[str] = set()
+        # the other sessions the previous discovery saw; None before the first, which always
+        # counts as a change (discovery runs again 1 s after joining, whoever is there)
+        self._seen_active: set[str] | None = None
         self._calls: dict[str, _CallRecord] = {}  # remote session id -> unanswered calls
         self._negotiation_gate = asyncio.Semaphore(settings.concurrent_negotiations)
         self._tasks: asyncio.TaskGroup | None = None
@@ -280,9 +282,10 @@ class SessionManager:
         active = await self.api.get_active_sessions(self.local.meeting_id)
         others = [a for a in active if a.userId != self.local.user_id]
         present = {a.sessionId for a in others}
-        changed = present != self._seen_active
+        seen = self._seen_active
+        changed = seen is None or present != seen
         for session_id in list(self.sessions):
-            if session_id in self._seen_active and session_id not in present:
+            if seen is not None and session_id in seen and session_id not in present:
                 session = self.sessions.get(session_id)
                 if session is not None:
                     log.info("%s: the remote left", session)

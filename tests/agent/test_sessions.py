@@ -11,7 +11,10 @@ from typing import cast
 import pytest
 from aioice import stun
 
-from agent.peer.session import PeerState
+from agent.convex import ConvexClient, TokenSource
+from agent.peer.manager import ManagerSettings, SessionManager
+from agent.peer.session import LocalIdentity, PeerState
+from agent.signaling.api import ConnvoApi
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
 from tests.support.peers import split_candidates
@@ -327,6 +330,17 @@ async def test_discovery_backs_off_while_nothing_changes(meeting: Meeting, agent
         after = clock.gaps()[joined]
         assert after < alone[-1] / 2, (alone, after)  # not the 2.4 s of an unchanged meeting
         sampler.cancel()
+
+
+async def test_discovery_counts_joining_as_a_change(meeting: Meeting) -> None:
+    """The first discovery is a change even in an empty meeting, so the next one comes after
+    discovery_first_interval, not a doubled gap: a star spoke that joins a moment before its hub
+    finds the hub 1 s later (a load test's 2 s hold once ended before a spoke had called)."""
+    async with ConvexClient(meeting.server.url, TokenSource(value=meeting.tokens["bot"])) as client:
+        local = LocalIdentity(meeting.id, meeting.users["bot"], "bot-session")
+        manager = SessionManager(ConnvoApi(client), local, ManagerSettings(call_everyone=True))
+        assert await manager.discover_once()  # nobody else there: joining is still a change
+        assert not await manager.discover_once()  # the same view again
 
 
 class _CallTimes:
