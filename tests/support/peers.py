@@ -80,6 +80,7 @@ class RemotePeer:
         decode: bool = True,
         ignore_answers: int = 0,
         certificate: SharedCertificate | None = None,
+        on_audio: Callable[[Any], None] | None = None,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -93,6 +94,8 @@ class RemotePeer:
         self.audio_track = audio_track
         # False: received media is only counted by the connection (getStats), never decoded
         self.decode = decode
+        # Called with every decoded audio frame received (an av.AudioFrame)
+        self.on_audio = on_audio
         self._rtp_of_closed = 0  # RTP received by connections already replaced or closed
         # The DTLS certificate of the first connection (a replacement makes its own, as a
         # browser's ICE restart needs a new fingerprint); None: aiortc makes one per connection.
@@ -400,8 +403,10 @@ class RemotePeer:
     async def _count(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
-                await track.recv()
+                frame = await track.recv()
                 if track.kind == "audio":
+                    if self.on_audio is not None:
+                        self.on_audio(frame)
                     self.received.audio_frames += 1
                     self.received.audio.set()
                 else:

@@ -1,0 +1,71 @@
+"""What a meeting tells its bot: participants coming and going, their tracks, connections, the end.
+
+Plain frozen dataclasses; `Meeting.events()` yields them in the order they happened. Match on the
+type (`match event: case ParticipantJoined(participant=p): ...`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.meeting.remote import RemoteParticipant, TrackKind
+
+
+@dataclass(frozen=True)
+class ParticipantJoined:
+    """A remote participant opened a connection with the agent (its first one)."""
+
+    participant: RemoteParticipant
+
+
+@dataclass(frozen=True)
+class ParticipantLeft:
+    """The participant's last connection closed; `reason` says why (e.g. "remote left")."""
+
+    participant: RemoteParticipant
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrackAdded:
+    """The participant's audio or video arrived: `participant.audio()` / `.video()` now flow."""
+
+    participant: RemoteParticipant
+    kind: TrackKind
+
+
+@dataclass(frozen=True)
+class ConnectionStateChanged:
+    """The participant's connection changed state: new, negotiating, connected, disconnected,
+    failed or closed (the states of `agent.peer.states.PeerState`)."""
+
+    participant: RemoteParticipant
+    state: str
+
+
+@dataclass(frozen=True)
+class ConnectionQuality:
+    """The connection's figures from getStats, every `quality_interval` while it is connected."""
+
+    participant: RemoteParticipant
+    rtt_ms: float | None  # round-trip time, from RTCP; None until measured
+    packets_lost: int  # inbound RTP packets lost, since the connection started
+    packets_received: int  # inbound RTP packets received, since the connection started
+
+
+@dataclass(frozen=True)
+class MeetingEnded:
+    """The agent is out of the meeting: it ended, this identity was removed, or `leave()` was
+    called. The last event; `events()` stops after it."""
+
+    reason: str
+
+
+Event = (
+    ParticipantJoined
+    | ParticipantLeft
+    | TrackAdded
+    | ConnectionStateChanged
+    | ConnectionQuality
+    | MeetingEnded
+)
