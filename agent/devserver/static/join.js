@@ -337,6 +337,9 @@
           s.packetsReceived = (s.packetsReceived || 0) + (r.packetsReceived || 0);
           s.bytesReceived = (s.bytesReceived || 0) + (r.bytesReceived || 0);
           if (r.framesDecoded !== undefined) s.framesDecoded = r.framesDecoded;
+          if (r.totalAudioEnergy !== undefined) {
+            s.totalAudioEnergy = (s.totalAudioEnergy || 0) + r.totalAudioEnergy;
+          }
           if (r.framesPerSecond !== undefined) s.fps = r.framesPerSecond;
         } else if (r.type === 'outbound-rtp' && (r.kind === 'audio' || r.kind === 'video')) {
           const s = stats[r.kind];
