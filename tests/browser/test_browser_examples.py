@@ -37,4 +37,3 @@ async def test_a_person_hears_themselves_through_the_echo_bot(
     )
     assert energy > HEARD_ENERGY
     await end_meeting(meeting, bot)
-
