@@ -12,11 +12,11 @@ the last complete page/cluster if the process dies. Each track gets its own file
 by renegotiation, or a new connection of the same session, simply starts another file; the manifest
 gives each file's start time so they can be aligned.
 
-`MeetingRecording.record(user, session, track)` returns the coroutine that writes one track until
-it ends or is cancelled (the owner runs it in a TaskGroup); the file is finalised in `finally`, so
-a closed session and the agent's shutdown both leave complete files. A file that cannot be created
-or written (unwritable directory, full disk) gives one error, logged once and kept in the manifest;
-the track is then drained so the session and other recordings carry on.
+`MeetingRecording.record(user, session, kind, frames)` returns the coroutine that writes one track's
+frames until they end or it is cancelled (the owner runs it in a TaskGroup); the file is finalised
+in `finally`, so a closed session and the agent's shutdown both leave complete files. A file that
+cannot be created or written (unwritable directory, full disk) gives one error, logged once and
+kept in the manifest; the track is then drained so the session and other recordings carry on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -34,9 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-from aiortc.mediastreams import MediaStreamTrack
-
-from agent.media.sinks import frames
 
 log = logging.getLogger(__name__)
 
@@ -282,20 +279,20 @@ class MeetingRecording:
         return entry
 
     def record(
-        self, user_id: str, session_id: str, track: MediaStreamTrack
+        self, user_id: str, session_id: str, kind: str, frames: AsyncIterable[Any]
     ) -> Coroutine[Any, Any, None]:
-        """The coroutine that records `track` until it ends or is cancelled."""
+        """The coroutine that records one track's decoded `frames` (av.AudioFrame or
+        av.VideoFrame) until they end or it is cancelled."""
         session = self._session(user_id, session_id)
         session.open_tracks += 1
         session.ended_at = None
-        return self._record(session, track)
+        return self._record(session, kind, frames)
 
-    async def _record(self, session: SessionEntry, track: MediaStreamTrack) -> None:
-        kind = track.kind
+    async def _record(self, session: SessionEntry, kind: str, frames: AsyncIterable[Any]) -> None:
         writer: TrackWriter | None = None
         entry: FileEntry | None = None
         try:
-            async for frame in frames(track):
+            async for frame in frames:
                 if entry is None:
                     now = self._clock()
                     self._counter += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +48,13 @@ class ReceivedMedia:
 
     def consume(self, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
         """The coroutine that counts `track` into this aggregate until the track ends."""
+        return self.consume_frames(track.kind, frames(track))
+
+    def consume_frames(self, kind: str, source: AsyncIterable[Any]) -> Coroutine[Any, Any, None]:
+        """The coroutine that counts the frames of one `kind` track into this aggregate."""
         counter = FrameCounter(self)
         self.counters.append(counter)
-        return counter.consume(track)
+        return counter.consume_frames(kind, source)
 
     def _count(self, kind: str, now: float, samples: int, size: tuple[int, int] | None) -> None:
         if kind == "audio":
@@ -89,9 +93,13 @@ class FrameCounter:
 
     async def consume(self, track: MediaStreamTrack) -> None:
         """Read `track` until it ends (MediaStreamError); returns normally then."""
-        self.kind = track.kind
+        await self.consume_frames(track.kind, frames(track))
+
+    async def consume_frames(self, kind: str, source: AsyncIterable[Any]) -> None:
+        """Count the frames of one track of `kind` until they end."""
+        self.kind = kind
         try:
-            async for frame in frames(track):
+            async for frame in source:
                 self._count(frame)
         finally:
             self.ended = True

@@ -19,7 +19,16 @@ from agent.meeting.events import (
 )
 from agent.meeting.meeting import Meeting, join
 from agent.meeting.output import AudioOutput, VideoOutput
-from agent.meeting.remote import AudioFrame, AudioStream, RemoteParticipant, VideoFrame, VideoStream
+from agent.meeting.remote import (
+    AudioFrame,
+    AudioStream,
+    FrameStream,
+    MediaFrame,
+    RemoteParticipant,
+    RemoteTrack,
+    VideoFrame,
+    VideoStream,
+)
 
 __all__ = [
     "AudioFrame",
@@ -28,13 +37,16 @@ __all__ = [
     "ConnectionQuality",
     "ConnectionStateChanged",
     "Event",
+    "FrameStream",
     "JoinRefused",
+    "MediaFrame",
     "Meeting",
     "MeetingEnded",
     "MeetingEndedError",
     "ParticipantJoined",
     "ParticipantLeft",
     "RemoteParticipant",
+    "RemoteTrack",
     "TrackAdded",
     "VideoFrame",
     "VideoOutput",

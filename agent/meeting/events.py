@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.meeting.remote import RemoteParticipant, TrackKind
+from agent.meeting.remote import RemoteParticipant, RemoteTrack, TrackKind
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,12 @@ class ParticipantLeft:
 
 @dataclass(frozen=True)
 class TrackAdded:
-    """The participant's audio or video arrived: `participant.audio()` / `.video()` now flow."""
+    """The participant's audio or video arrived: `participant.audio()` / `.video()` now flow;
+    `track` reads this one track alone."""
 
     participant: RemoteParticipant
     kind: TrackKind
+    track: RemoteTrack
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,11 @@ class ConnectionQuality:
 @dataclass(frozen=True)
 class MeetingEnded:
     """The agent is out of the meeting: it ended, this identity was removed, or `leave()` was
-    called. The last event; `events()` stops after it."""
+    called. The last event; `events()` stops after it. `removed`: this identity was taken out
+    of the meeting (it can no longer read it), rather than the meeting ending or the bot leaving."""
 
     reason: str
+    removed: bool = False
 
 
 Event = (

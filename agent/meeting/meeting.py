@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -38,11 +38,11 @@ from agent.meeting.events import (
 )
 from agent.meeting.feed import Feed
 from agent.meeting.output import AudioOutput, VideoOutput
-from agent.meeting.remote import CaptureClock, RemoteParticipant, TrackKind
+from agent.meeting.remote import CaptureClock, RemoteParticipant, RemoteTrack, TrackKind
 from agent.metrics import AgentMetrics
 from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
-from agent.peer.participant import MeetingGone, Participant
+from agent.peer.participant import MeetingGone, Participant, ParticipantSettings
 from agent.peer.session import LocalIdentity, PeerSession
 from agent.peer.states import PeerState
 from agent.signaling.api import ConnvoApi
@@ -78,43 +78,74 @@ def join(
         settings = load_settings(None, given)
     elif url or token or meeting_id or options:
         raise ConfigError("config: give either settings or url/token/meeting_id/options")
+    install_patches()  # the agent's changes inside aiortc and aioice, once per process
+    if settings.ice_host_addresses:
+        restrict_host_addresses(settings.ice_host_addresses)
+    client = convex_client(settings, max(1, settings.max_retries + 1))
     return Meeting(
-        settings,
+        ConnvoApi(client),
+        settings.participant_settings(),
         video_out=video_out,
         quality_interval=quality_interval,
         max_queued_events=max_queued_events,
+        owned_client=client,
     )
 
 
 class Meeting:
-    """The agent in one meeting: its remote participants, its events, its audio and video out."""
+    """The agent in one meeting: its remote participants, its events, its audio and video out.
+
+    Made by `agent.join(...)`. The roles of `connvo-agent run` make theirs from a ConnvoApi and
+    the participant settings, with these options:
+
+    - `decode=False`: remote media is counted (`packets_received`) but never decoded, so
+      `audio()`, `video()` and `frames()` yield nothing (a bot that only checks media flows);
+    - `tracks_for_peer`: the tracks to send on each new connection instead of the relayed
+      `audio_out` (e.g. pre-encoded audio, or nothing for a recorder);
+    - `metrics`: Prometheus figures of requests, polls and signals;
+    - `owned_client`: a ConvexClient closed when the meeting is left.
+    """
 
     def __init__(
         self,
-        settings: AgentSettings,
+        api: ConnvoApi,
+        settings: ParticipantSettings,
         *,
         video_out: bool = False,
         quality_interval: float = 5.0,
         max_queued_events: int = 1000,
+        decode: bool = True,
+        tracks_for_peer: Callable[[], list[MediaStreamTrack]] | None = None,
         metrics: AgentMetrics | None = None,
+        owned_client: ConvexClient | None = None,
     ) -> None:
+        self.api = api
         self.settings = settings
-        self.meeting_id = settings.meeting
+        self.meeting_id = settings.meeting_id
+        self.decode = decode
+        self._tracks_for_peer = tracks_for_peer
         self.participants: dict[str, RemoteParticipant] = {}  # by user id, present ones
         self.audio_out = AudioOutput()
         self._video_out = VideoOutput() if video_out else None
         self.quality_interval = quality_interval
         self.ended_because: str | None = None  # set once the agent is out of the meeting
         self._events = Feed(max(1, max_queued_events))
-        self._metrics = metrics
         self._relay = MediaRelay()
         self._by_session: dict[str, RemoteParticipant] = {}
         self._names: dict[str, str | None] = {}  # user id -> display name, as read
         self._names_wanted = asyncio.Event()
         self._names_read = asyncio.Event()
         self._changed = asyncio.Event()  # set and replaced whenever participants change
-        self._participant: Participant | None = None
-        self._client: ConvexClient | None = None
+        self._client = owned_client
+        settings.session.decode_media = decode
+        self._participant = Participant(
+            api,
+            settings,
+            local_tracks=self._local_tracks,
+            on_track=self._on_track,
+            on_state=self._on_state,
+            observer=metrics,
+        )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -140,8 +171,6 @@ class Meeting:
     @property
     def participant(self) -> Participant:
         """The underlying agent.peer Participant (sessions, poller), for diagnostics."""
-        if self._participant is None:
-            raise RuntimeError("not joined")
         return self._participant
 
     async def __aenter__(self) -> Meeting:
@@ -164,21 +193,6 @@ class Meeting:
         """
         if self._task is not None:
             raise RuntimeError("already joined")
-        s = self.settings
-        install_patches()
-        if s.ice_host_addresses:
-            restrict_host_addresses(s.ice_host_addresses)
-        self._client = convex_client(s, max(1, s.max_retries + 1), self._metrics)
-        participant_settings = s.participant_settings()
-        participant_settings.session.decode_media = True  # the bot reads every frame
-        self._participant = Participant(
-            ConnvoApi(self._client),
-            participant_settings,
-            local_tracks=self._local_tracks,
-            on_track=self._on_track,
-            on_state=self._on_state,
-            observer=self._metrics,
-        )
         self._task = asyncio.create_task(self._run(), name=f"meeting-{self.meeting_id}")
         joined = asyncio.create_task(self._participant.joined.wait())
         try:
@@ -234,8 +248,7 @@ class Meeting:
     # --- running ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._participant is not None
-        reason = "left"
+        reason, removed = "left", False
         try:
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -251,12 +264,12 @@ class Meeting:
                 raise group.exceptions[0] from None
             reason = self._participant.left_because or reason
         except MeetingGone as exc:
-            reason = f"removed from the meeting ({exc})"
+            reason, removed = f"removed from the meeting ({exc})", True
         finally:
             self.ended_because = reason
             for p in list(self.participants.values()):
                 self._participant_left(p, "agent left the meeting")
-            self._emit(MeetingEnded(reason))
+            self._emit(MeetingEnded(reason, removed))
             self._events.end()
             self._wake_waiters()
 
@@ -266,11 +279,13 @@ class Meeting:
             self._client = None
 
     def _local(self) -> LocalIdentity:
-        if self._participant is None or self._participant.local is None:
+        if self._participant.local is None:
             raise RuntimeError("not joined")
         return self._participant.local
 
     def _local_tracks(self) -> list[MediaStreamTrack]:
+        if self._tracks_for_peer is not None:
+            return self._tracks_for_peer()
         tracks = [self._relay.subscribe(self.audio_out, buffered=True)]
         if self._video_out is not None:
             tracks.append(self._relay.subscribe(self._video_out, buffered=False))
@@ -309,6 +324,7 @@ class Meeting:
             p.session_id = sid
         if p.session_id == sid:
             p.state = session.state.value
+            _read_figures(p, session)
             self._emit(ConnectionStateChanged(p, p.state))
         if session.state is PeerState.CLOSED:
             del self._by_session[sid]
@@ -330,16 +346,25 @@ class Meeting:
         if p is None or track.kind not in ("audio", "video"):
             return None
         kind: TrackKind = "audio" if track.kind == "audio" else "video"
-        return self._read_track(p, session.remote_session_id, kind, track)
+        remote = RemoteTrack(p, kind, session.remote_session_id)
+        p.tracks.add(kind)
+        self._emit(TrackAdded(p, kind, remote))
+        if not self.decode:
+            return None  # counted by the connection's statistics, never decoded
+        return self._read_track(p, remote, track)
 
     async def _read_track(
-        self, p: RemoteParticipant, session_id: str, kind: TrackKind, track: MediaStreamTrack
+        self, p: RemoteParticipant, remote: RemoteTrack, track: MediaStreamTrack
     ) -> None:
-        p.tracks.add(kind)
-        self._emit(TrackAdded(p, kind))
         clock = CaptureClock()
-        async for frame in frames(track):
-            p._deliver(kind, (frame, clock.stamp(frame), session_id))
+        kind, session_id = remote.kind, remote.session_id
+        try:
+            async for frame in frames(track):
+                item = (frame, clock.stamp(frame), session_id)
+                remote._deliver(kind, item)
+                p._deliver(kind, item)
+        finally:
+            remote._end()
 
     # --- names and quality -------------------------------------------------------------------
 
@@ -351,7 +376,6 @@ class Meeting:
 
     async def _name_loop(self) -> None:
         """Display names from the meeting's participant list, read when someone new appears."""
-        assert self._participant is not None
         api = self._participant.api
         while True:
             await self._names_wanted.wait()
@@ -380,10 +404,16 @@ class Meeting:
                 session = manager.sessions.get(p.session_id)
                 if session is None or session.state is not PeerState.CONNECTED:
                     continue
-                stats = session.stats
-                p.rtt_ms = None if stats.rtt is None else stats.rtt * 1000
-                p.packets_lost, p.packets_received = stats.packets_lost, stats.rtp_received
+                _read_figures(p, session)
                 self._emit(ConnectionQuality(p, p.rtt_ms, p.packets_lost, p.packets_received))
+
+
+def _read_figures(p: RemoteParticipant, session: PeerSession) -> None:
+    stats = session.stats
+    p.rtt_ms = None if stats.rtt is None else stats.rtt * 1000
+    p.packets_lost, p.packets_received = stats.packets_lost, stats.rtp_received
+    if session.time_to_connected is not None:
+        p.time_to_connected_s = session.time_to_connected
 
 
 def convex_client(

@@ -48,6 +48,16 @@ class VideoFrame:
     session_id: str
 
 
+@dataclass(frozen=True)
+class MediaFrame:
+    """One frame of a track as aiortc decoded it (`av.AudioFrame`, in the format received, or
+    `av.VideoFrame`), for readers that want the source format (a recorder)."""
+
+    frame: av.AudioFrame | av.VideoFrame
+    capture_time_ms: float
+    session_id: str
+
+
 class CaptureClock:
     """Epoch times of a remote track's frames from their RTP timestamps (`frame.pts`).
 
@@ -85,9 +95,9 @@ class CaptureClock:
 class AudioStream:
     """`async for frame in participant.audio(...)`: the participant's audio at the asked format,
     across its connections (a reload's new connection continues the same stream), until it
-    leaves or the bot leaves the meeting."""
+    leaves or the bot leaves the meeting. From `track.audio(...)`: that track's, until it ends."""
 
-    def __init__(self, owner: RemoteParticipant, sample_rate: int, channels: int, limit: int):
+    def __init__(self, owner: MediaSource, sample_rate: int, channels: int, limit: int):
         if sample_rate <= 0 or channels not in (1, 2):
             raise ValueError("sample_rate must be positive and channels 1 or 2")
         self.sample_rate = sample_rate
@@ -127,47 +137,99 @@ class AudioStream:
 
 
 class VideoStream:
-    """`async for frame in participant.video()`: decoded frames, newest first when behind."""
+    """`async for frame in participant.video()`: decoded video frames (`VideoFrame`); the
+    oldest are dropped when the reader falls behind. `track.frames()` gives a FrameStream, which
+    yields `MediaFrame`s of either kind the same way."""
 
-    def __init__(self, owner: RemoteParticipant, limit: int):
+    frame_type: type[VideoFrame] | type[MediaFrame] = VideoFrame
+
+    def __init__(self, owner: MediaSource, limit: int):
         self._owner = owner
         self._feed = Feed(limit)
 
     @property
     def dropped(self) -> int:
+        """Frames this reader lost because it fell more than its queue behind."""
         return self._feed.dropped
 
-    def __aiter__(self) -> AsyncIterator[VideoFrame]:
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._frames()
 
-    async def _frames(self) -> AsyncIterator[VideoFrame]:
+    async def _frames(self) -> AsyncIterator[Any]:
         try:
             while (item := await self._feed.get()) is not None:
-                frame, capture_ms, session_id = item
-                yield VideoFrame(frame, capture_ms, session_id)
+                yield self.frame_type(*item)
         finally:
             self._owner._unsubscribe(self._feed)
 
 
-class RemoteParticipant:
+class FrameStream(VideoStream):
+    """`async for frame in track.frames()`: `MediaFrame`s in the format aiortc decoded."""
+
+    frame_type = MediaFrame
+
+    def __aiter__(self) -> AsyncIterator[MediaFrame]:
+        return self._frames()
+
+
+class MediaSource:
+    """What remote frames are delivered to: a participant (all its tracks) or one track."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
+        self._feeds: dict[TrackKind, list[Feed]] = {"audio": [], "video": []}
+
+    def _subscribe(self, kind: TrackKind, feed: Feed) -> None:
+        if self.ended.is_set():
+            feed.end()
+        self._feeds[kind].append(feed)
+
+    def _unsubscribe(self, feed: Feed) -> None:
+        for feeds in self._feeds.values():
+            if feed in feeds:
+                feeds.remove(feed)
+
+    def _deliver(self, kind: TrackKind, item: tuple[Any, float, str]) -> None:
+        for feed in self._feeds[kind]:
+            feed.put(item)
+
+    def _end(self) -> None:
+        self.ended.set()
+        for feeds in self._feeds.values():
+            for feed in feeds:
+                feed.end()
+
+    def _audio(self, sample_rate: int, channels: int, max_queued_ms: int) -> AudioStream:
+        stream = AudioStream(self, sample_rate, channels, max(1, max_queued_ms // 20))
+        self._subscribe("audio", stream._feed)
+        return stream
+
+    def _video(self, max_queued_frames: int) -> VideoStream:
+        stream = VideoStream(self, max(1, max_queued_frames))
+        self._subscribe("video", stream._feed)
+        return stream
+
+
+class RemoteParticipant(MediaSource):
     """Another participant of the meeting with a connection to the agent.
 
     Present from `ParticipantJoined` to `ParticipantLeft`; the same object throughout (a reload's
-    new connection replaces the old one under it).
+    new connection replaces the old one under it). Its figures are those of its current
+    connection, updated at each state change and each `ConnectionQuality` event.
     """
 
     def __init__(self, user_id: str, session_id: str, display_name: str | None = None) -> None:
+        super().__init__()
         self.user_id = user_id
         self.display_name = display_name
         self.session_id = session_id  # its current connection's WebRTC session id
         self.state = "new"  # its current connection's state
+        self.time_to_connected_s: float | None = None  # offer or answer applied -> connected
         self.rtt_ms: float | None = None
         self.packets_lost = 0
         self.packets_received = 0
         self.tracks: set[TrackKind] = set()
-        self.left = asyncio.Event()
-        self._audio_feeds: list[Feed] = []
-        self._video_feeds: list[Feed] = []
+        self.left = self.ended  # set when the participant has left
 
     def __repr__(self) -> str:
         name = f" {self.display_name!r}" if self.display_name else ""
@@ -182,34 +244,45 @@ class RemoteParticipant:
         (`stream.dropped`). Frames start from the moment of the call. The stream ends when the
         participant leaves or the agent leaves the meeting.
         """
-        stream = AudioStream(self, sample_rate, channels, max(1, max_queued_ms // 20))
-        self._subscribe(self._audio_feeds, stream._feed)
-        return stream
+        return self._audio(sample_rate, channels, max_queued_ms)
 
     def video(self, *, max_queued_frames: int = 2) -> VideoStream:
         """This participant's decoded video frames (`av.VideoFrame`), at most
         `max_queued_frames` queued for this reader (the oldest dropped)."""
-        stream = VideoStream(self, max(1, max_queued_frames))
-        self._subscribe(self._video_feeds, stream._feed)
+        return self._video(max_queued_frames)
+
+
+class RemoteTrack(MediaSource):
+    """One track of a participant's connection, from `TrackAdded` until it ends (the connection
+    closed or was replaced). A reader that wants each track apart (a file per track) reads
+    these; most bots read the participant instead."""
+
+    def __init__(self, participant: RemoteParticipant, kind: TrackKind, session_id: str) -> None:
+        super().__init__()
+        self.participant = participant
+        self.kind = kind
+        self.session_id = session_id
+
+    def __repr__(self) -> str:
+        return f"<RemoteTrack {self.kind} of {self.participant.user_id}/{self.session_id}>"
+
+    def audio(
+        self, sample_rate: int = 16_000, channels: int = 1, *, max_queued_ms: int = 2_000
+    ) -> AudioStream:
+        """This audio track as 16-bit PCM, as `RemoteParticipant.audio`."""
+        if self.kind != "audio":
+            raise ValueError("not an audio track")
+        return self._audio(sample_rate, channels, max_queued_ms)
+
+    def video(self, *, max_queued_frames: int = 2) -> VideoStream:
+        """This video track's frames, as `RemoteParticipant.video`."""
+        if self.kind != "video":
+            raise ValueError("not a video track")
+        return self._video(max_queued_frames)
+
+    def frames(self, *, max_queued: int = 100) -> FrameStream:
+        """This track's frames as aiortc decoded them (`MediaFrame`), at most `max_queued`
+        queued for this reader (the oldest dropped)."""
+        stream = FrameStream(self, max(1, max_queued))
+        self._subscribe(self.kind, stream._feed)
         return stream
-
-    # --- fed by the meeting --------------------------------------------------------------------
-
-    def _subscribe(self, feeds: list[Feed], feed: Feed) -> None:
-        if self.left.is_set():
-            feed.end()
-        feeds.append(feed)
-
-    def _unsubscribe(self, feed: Feed) -> None:
-        for feeds in (self._audio_feeds, self._video_feeds):
-            if feed in feeds:
-                feeds.remove(feed)
-
-    def _deliver(self, kind: TrackKind, item: tuple[Any, float, str]) -> None:
-        for feed in self._audio_feeds if kind == "audio" else self._video_feeds:
-            feed.put(item)
-
-    def _end(self) -> None:
-        self.left.set()
-        for feed in self._audio_feeds + self._video_feeds:
-            feed.end()

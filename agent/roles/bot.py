@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiortc import MediaStreamTrack
 
 from agent.config import AgentSettings
 from agent.media import MediaSources, ReceivedMedia
+from agent.meeting import ConnectionStateChanged, Event, Meeting, RemoteParticipant, TrackAdded
 from agent.metrics import AgentMetrics
 from agent.peer.participant import Participant, ParticipantSettings
-from agent.peer.session import PeerSession
-from agent.peer.states import PeerState
+from agent.roles.meeting_loop import run_meeting
 from agent.signaling.api import ConnvoApi
 
 log = logging.getLogger(__name__)
@@ -52,7 +48,11 @@ def participant_settings(settings: AgentSettings) -> ParticipantSettings:
 
 
 class Bot:
-    """A Participant with local media sources and frame counters for what it receives."""
+    """A meeting that sends the configured media sources and counts what it receives.
+
+    Built on the public API: with `receive: count` (no decoding) the figures come from the
+    connections' statistics; with `receive: decode` every frame of every track is counted.
+    """
 
     def __init__(
         self,
@@ -64,41 +64,47 @@ class Bot:
         self.sources = sources
         self.metrics = metrics
         self.report = BotReport()
-        self.participant = Participant(
+        self._states: dict[str, str] = {}  # remote session id -> its connection's state
+        self.meeting = Meeting(
             api,
             settings,
-            local_tracks=sources.local_tracks,
-            on_track=self._on_track,
-            on_state=self._on_state,
-            observer=metrics,
+            decode=settings.session.decode_media,
+            tracks_for_peer=sources.local_tracks,
+            metrics=metrics,
         )
 
-    def _on_track(
-        self, session: PeerSession, track: MediaStreamTrack
-    ) -> Coroutine[Any, Any, None] | None:
-        self.report.first_track.set()
-        if not session.settings.decode_media:
-            return None  # counted from the connection's statistics instead
-        media = self.report.received.setdefault(session.remote_session_id, ReceivedMedia())
-        return media.consume(track)
+    @property
+    def participant(self) -> Participant:
+        return self.meeting.participant
 
-    def _on_state(self, session: PeerSession) -> None:
-        if session.stats.rtp_received or session.state is PeerState.CONNECTED:
-            self.report.rtp_packets[session.remote_session_id] = session.stats.rtp_received
-        if session.state is PeerState.CONNECTED and session.time_to_connected is not None:
-            self.report.time_to_connected.setdefault(
-                session.remote_session_id, session.time_to_connected
-            )
-            if self.metrics is not None:
-                self.metrics.time_to_connected_seconds.observe(session.time_to_connected)
-        if self.metrics is not None and self.participant.manager is not None:
+    def _on_event(self, event: Event, tasks: asyncio.TaskGroup) -> None:
+        if isinstance(event, TrackAdded):
+            self.report.first_track.set()
+            if self.meeting.decode:
+                track = event.track
+                media = self.report.received.setdefault(track.session_id, ReceivedMedia())
+                frames = (f.frame async for f in track.frames())
+                tasks.create_task(media.consume_frames(track.kind, frames))
+        elif isinstance(event, ConnectionStateChanged):
+            self._state_changed(event.participant, event.state)
+
+    def _state_changed(self, p: RemoteParticipant, state: str) -> None:
+        if p.packets_received or state == "connected":
+            self.report.rtp_packets[p.session_id] = p.packets_received
+        if state == "connected" and p.time_to_connected_s is not None:
+            if p.session_id not in self.report.time_to_connected:
+                self.report.time_to_connected[p.session_id] = p.time_to_connected_s
+                if self.metrics is not None:
+                    self.metrics.time_to_connected_seconds.observe(p.time_to_connected_s)
+        self._states[p.session_id] = state
+        if self.metrics is not None:
             counts: dict[str, int] = {}
-            for s in self.participant.manager.sessions.values():
-                counts[s.state.value] = counts.get(s.state.value, 0) + 1
+            for s in self._states.values():
+                counts[s] = counts.get(s, 0) + 1
             self.metrics.set_sessions(counts)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.participant.run(stop)
+        await run_meeting(self.meeting, stop, self._on_event)
 
     def summary_lines(self) -> list[str]:
         return self.report.summary_lines()

@@ -1,57 +1,62 @@
 """The recorder: joins without sending media and writes every remote track to files.
 
-See agent/media/recording.py for the layout, containers and the manifest.
+Built on the public API: each `TrackAdded` event's track is read frame by frame, as aiortc decoded
+it, into a file of its own. See agent/media/recording.py for the layout, containers and manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aiortc import MediaStreamTrack
-
 from agent.media.recording import MeetingRecording
+from agent.meeting import Event, Meeting, RemoteTrack, TrackAdded
 from agent.peer.participant import Participant, ParticipantSettings
-from agent.peer.session import PeerSession
+from agent.roles.meeting_loop import run_meeting
 from agent.signaling.api import ConnvoApi
 
 log = logging.getLogger(__name__)
 
+# Frames a track's file may fall behind by (encoding runs on the event loop) before the oldest
+# are dropped: 10 s of audio, 10 s of 30 fps video.
+MAX_QUEUED_FRAMES = 500
+
 
 class Recorder:
-    """A Participant with no local tracks whose track consumer records to `out`."""
+    """A meeting with no local tracks whose remote tracks are recorded to `out`."""
 
     def __init__(self, api: ConnvoApi, settings: ParticipantSettings, out: Path) -> None:
         self.recording = MeetingRecording(out, settings.meeting_id)
         self.first_track = asyncio.Event()
-        self.participant = Participant(api, settings, on_track=self._on_track)
+        self.meeting = Meeting(api, settings, tracks_for_peer=list)
 
-    def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
+    @property
+    def participant(self) -> Participant:
+        return self.meeting.participant
+
+    def _on_event(self, event: Event, tasks: asyncio.TaskGroup) -> None:
+        if not isinstance(event, TrackAdded):
+            return
         self.first_track.set()
-        self._note_identity()
-        log.info(
-            "recording %s from user %s, session %s",
-            track.kind,
-            session.remote_user_id,
-            session.remote_session_id,
+        self.recording.recorder_user_id = self.meeting.user_id
+        track = event.track
+        user = track.participant.user_id
+        log.info("recording %s from user %s, session %s", track.kind, user, track.session_id)
+        tasks.create_task(
+            self.recording.record(user, track.session_id, track.kind, _frames(track)),
+            name=f"record-{track.kind}-{track.session_id}",
         )
-        return self.recording.record(session.remote_user_id, session.remote_session_id, track)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.recording.write_manifest()
         try:
-            await self.participant.run(stop)
+            await run_meeting(self.meeting, stop, self._on_event)
         finally:
-            # Every session, and so every track consumer, has ended: files are finalised.
-            self._note_identity()
+            # Every track has ended and its file is written: the manifest is final.
             self.recording.close()
-
-    def _note_identity(self) -> None:
-        if self.participant.local is not None:
-            self.recording.recorder_user_id = self.participant.local.user_id
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -60,3 +65,11 @@ class Recorder:
         ]
         lines.append(f"manifest {self.recording.manifest_path}")
         return lines
+
+
+async def _frames(track: RemoteTrack) -> AsyncIterator[Any]:
+    stream = track.frames(max_queued=MAX_QUEUED_FRAMES)
+    async for media in stream:
+        yield media.frame
+    if stream.dropped:
+        log.warning("%r: %d frames dropped: the file fell behind", track, stream.dropped)

@@ -1,7 +1,8 @@
 """`connvo-agent run`: build the configured role, run it until SIGINT/SIGTERM, clean up.
 
-Every role is a `Participant` plus what it does with media: the bot plays and counts, the recorder
-writes files, the transcriber posts what people say. They share this entry point.
+Every role is a `Meeting` of the public Python API (agent.meeting) plus what it does with the
+meeting's events and media: the bot plays and counts, the recorder writes files, the transcriber
+posts what people say. They share this entry point.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from agent.config import AgentSettings, ConfigError
 from agent.convex import ConvexClient, RetryPolicy, TokenError, TokenSource
 from agent.logsetup import register_secret, setup_logging
 from agent.media import MediaSources, MediaSpecError
+from agent.meeting import MeetingEndedError
 from agent.metrics import AgentMetrics
 from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
@@ -132,7 +134,7 @@ async def run_role(settings: AgentSettings) -> int:
         code = 0
         try:
             await role.run(stop)
-        except MeetingGone as exc:
+        except (MeetingGone, MeetingEndedError) as exc:
             log.error("the meeting is no longer available: %s", exc)
             code = EXIT_MEETING_GONE
     for line in role.summary_lines():

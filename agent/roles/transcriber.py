@@ -1,10 +1,11 @@
 """The transcriber: joins without sending media, transcribes each remote participant's audio.
 
-Per remote audio track (run in the session's TaskGroup): decode, resample to 16 kHz mono, cut
-utterances with WebRTC VAD, recognise them with the configured engine (in a worker thread, so
-the event loop keeps receiving), and put each final utterance into the outbox. Timestamps are
-epoch milliseconds: the arrival time of the stream's first frame plus the RTP sample count; a
-gap in the stream (the sender paused) ends the current utterance and re-anchors the clock.
+Built on the public API. Per remote audio track (`TrackAdded`): its audio as 16 kHz mono PCM
+(`track.audio()`), utterances cut with WebRTC VAD, recognised with the configured engine (in a
+worker thread, so the event loop keeps receiving), each final utterance put into the outbox.
+Timestamps are the frames' capture times (epoch milliseconds from the RTP timestamps, anchored
+on the arrival of the stream's first frame); a gap in the stream (the sender paused) ends the
+current utterance.
 
 The outbox (`state_dir/<meeting>--<user>.outbox.sqlite`) holds every chunk until the backend
 accepted it, so a restart loses nothing: pending chunks are posted first. One poster task (in the
@@ -39,18 +40,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import av
-from aiortc import MediaStreamTrack
-
 from agent.config import default_of
 from agent.convex import AuthError, ConvexError, FunctionError, TransientError
 from agent.media.recording import safe_path_component
-from agent.media.sinks import frames
 from agent.media.speech import (
     SAMPLE_RATE,
     Recognizer,
@@ -61,8 +57,9 @@ from agent.media.speech import (
     UtteranceStart,
     require_vad,
 )
+from agent.meeting import AudioFrame, AudioStream, Event, Meeting, TrackAdded
 from agent.peer.participant import Participant, ParticipantSettings
-from agent.peer.session import PeerSession
+from agent.roles.meeting_loop import run_meeting
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IngestTranscriptChunkArgs
 
@@ -78,6 +75,9 @@ ACCEPT_BATCH_S = 0.2  # audio handed to the recogniser per worker-thread call
 INTERIM_INTERVAL_S = 2.0
 INTERIM_RESERVE = 10  # interim chunks are skipped when fewer posts than this remain in a window
 DRAIN_TIMEOUT_S = 3.0
+# Audio a track's recogniser may fall behind by (a Whisper decode at the end of an utterance takes
+# seconds on a CPU) before the oldest frames are dropped.
+MAX_BEHIND_MS = 120_000
 
 
 @dataclass
@@ -265,7 +265,6 @@ class StreamTranscriber:
         self._settings = settings
         self._interim = interim
         self._cutter = UtteranceCutter(settings.vad_aggressiveness)
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._anchor: float | None = None  # epoch seconds of sample 0
         self._samples = 0  # samples pushed (16 kHz), including skipped gaps
         self._utterance: _Utterance | None = None
@@ -277,26 +276,25 @@ class StreamTranscriber:
         assert self._anchor is not None
         return round((self._anchor + samples / SAMPLE_RATE) * 1000)
 
-    def push(self, frames: list[tuple[Any, float]]) -> list[Chunk]:
-        """Process frames with their arrival times (epoch s); returns the chunks produced."""
+    def push(self, frames: list[AudioFrame]) -> list[Chunk]:
+        """Process 16 kHz mono frames (with their capture times); returns the chunks produced."""
         with self._lock:
             started = time.perf_counter()
             out: list[Chunk] = []
-            for frame, arrival in frames:
-                duration = frame.samples / frame.sample_rate
-                self.audio_seconds += duration
+            for frame in frames:
+                begins = frame.capture_time_ms / 1000
+                ends = begins + frame.samples / SAMPLE_RATE
+                self.audio_seconds += frame.samples / SAMPLE_RATE
                 if self._anchor is None:
-                    self._anchor = arrival - duration
-                gap = arrival - duration - (self._anchor + self._samples / SAMPLE_RATE)
+                    self._anchor = begins
+                gap = begins - (self._anchor + self._samples / SAMPLE_RATE)
                 if gap > GAP_S:
-                    out += self._events(self._cutter.flush(), arrival)
+                    out += self._events(self._cutter.flush(), ends)
                     skipped = round(gap * SAMPLE_RATE)
                     self._cutter.skip(skipped)
                     self._samples += skipped
-                for resampled in self._resampler.resample(frame):
-                    pcm = bytes(resampled.planes[0])[: resampled.samples * 2]
-                    self._samples += resampled.samples
-                    out += self._events(self._cutter.push(pcm), arrival)
+                self._samples += frame.samples
+                out += self._events(self._cutter.push(frame.pcm), ends)
             self.busy_seconds += time.perf_counter() - started
             return out
 
@@ -359,7 +357,7 @@ class StreamTranscriber:
 
 
 class Transcriber:
-    """A Participant with no local tracks whose track consumer transcribes remote audio.
+    """A meeting with no local tracks whose remote audio tracks are transcribed.
 
     `ingest_api` should be a client without automatic retries (RetryPolicy(max_attempts=1)):
     the poster decides which failures may be retried without posting a chunk twice.
@@ -379,7 +377,7 @@ class Transcriber:
         self.options = options or TranscriberSettings()
         self.engine = engine
         self.ingest_api = ingest_api or api
-        self.participant = Participant(api, settings, on_track=self._on_track)
+        self.meeting = Meeting(api, settings, tracks_for_peer=list)
         directory = self.options.transcript_dir or settings.state_dir / "transcripts"
         self.transcript = LocalTranscript(directory / safe_path_component(settings.meeting_id))
         self.streams: dict[str, StreamTranscriber] = {}  # remote session id -> latest stream
@@ -394,10 +392,14 @@ class Transcriber:
         self.rate_limited = 0  # posts the server refused for its rate limit (posted again later)
 
     @property
+    def participant(self) -> Participant:
+        return self.meeting.participant
+
+    @property
     def outbox(self) -> Outbox:
         if self._outbox is None:
-            assert self.participant.local is not None, "the outbox opens after joining"
             local = self.participant.local
+            assert local is not None, "the outbox opens after joining"
             meeting_part = safe_path_component(local.meeting_id)
             name = f"{meeting_part}--{safe_path_component(local.user_id)}.outbox.sqlite"
             self._outbox = Outbox(self.settings.state_dir / name)
@@ -405,13 +407,18 @@ class Transcriber:
 
     # --- media ---------------------------------------------------------------------------------
 
-    def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
-        if track.kind != "audio":
-            return _drain(track)
+    def _on_event(self, event: Event, tasks: asyncio.TaskGroup) -> None:
+        if not isinstance(event, TrackAdded) or event.kind != "audio":
+            return
         self.first_track.set()
-        return self._transcribe(session.remote_user_id, session.remote_session_id, track)
+        track = event.track
+        stream = track.audio(sample_rate=SAMPLE_RATE, max_queued_ms=MAX_BEHIND_MS)
+        tasks.create_task(
+            self._transcribe(track.participant.user_id, track.session_id, stream),
+            name=f"transcribe-{track.session_id}",
+        )
 
-    async def _transcribe(self, speaker: str, session_id: str, track: MediaStreamTrack) -> None:
+    async def _transcribe(self, speaker: str, session_id: str, audio: AudioStream) -> None:
         recognizer = await asyncio.to_thread(self.engine.recognizer)
         stream = StreamTranscriber(
             recognizer,
@@ -423,21 +430,20 @@ class Transcriber:
         )
         self.streams[session_id] = stream
         log.info("transcribing user %s, session %s (%s)", speaker, session_id, self.engine.name)
-        # Frames are stamped with their arrival time by a reader of their own, not when the
-        # engine is ready for them: an engine that falls behind for a moment (vosk expanding its
-        # graph, a Whisper decode at the end of an utterance) must not look like a gap in the
-        # stream, which would cut the utterance and shift the timestamps.
-        received: asyncio.Queue[tuple[Any, float] | None] = asyncio.Queue()
+        # Frames are read by a reader of their own, not when the engine is ready for them: an
+        # engine that falls behind for a moment (vosk expanding its graph, a Whisper decode at
+        # the end of an utterance) catches up with everything that arrived meanwhile.
+        received: asyncio.Queue[AudioFrame | None] = asyncio.Queue()
 
         async def receive() -> None:
             try:
-                async for frame in frames(track):
-                    received.put_nowait((frame, time.time()))
+                async for frame in audio:
+                    received.put_nowait(frame)
             finally:
                 received.put_nowait(None)
 
         reader = asyncio.create_task(receive(), name=f"transcriber-receive-{session_id}")
-        batch: list[tuple[Any, float]] = []
+        batch: list[AudioFrame] = []
         ended = False
         try:
             while not ended:
@@ -454,12 +460,13 @@ class Transcriber:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)  # owned: never left running
-            # Also on cancellation (session closed, shutdown): what has arrived and the last
-            # utterance are kept.
+            # Also on cancellation (shutdown): what has arrived and the last utterance are kept.
             while not received.empty():
                 if (item := received.get_nowait()) is not None:
                     batch.append(item)
             self._queue(stream.push(batch) + stream.finish())
+            if audio.dropped:
+                log.warning("session %s: %d audio frames dropped behind", session_id, audio.dropped)
 
     def _queue(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
@@ -481,7 +488,7 @@ class Transcriber:
         async with asyncio.TaskGroup() as tasks:
             poster = tasks.create_task(self._post_loop(), name="transcript-poster")
             try:
-                await self.participant.run(stop)
+                await run_meeting(self.meeting, stop, self._on_event)
             finally:
                 self._closing.set()
                 self._wake.set()
@@ -620,8 +627,3 @@ def _retry_after(exc: FunctionError) -> float:
         millis = exc.data.get("retryAfterMs")
         seconds = millis / 1000 if isinstance(millis, int | float) else DEFAULT_RATE_LIMIT_WAIT_S
     return min(RATE_WINDOW_S, max(0.05, float(seconds)))
-
-
-async def _drain(track: MediaStreamTrack) -> None:
-    async for _ in frames(track):
-        pass
