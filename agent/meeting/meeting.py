@@ -59,6 +59,7 @@ def join(
     meeting_id: str | None = None,
     *,
     settings: AgentSettings | None = None,
+    audio_out: bool = True,
     video_out: bool = False,
     quality_interval: float = 5.0,
     max_queued_events: int = 1000,
@@ -70,8 +71,9 @@ def join(
     Settings are those of `connvo-agent run` (the same keys: `state_dir`, `ice_host_addresses`,
     `session_timeout`, ...), given as keyword `options` or as a ready `settings` object; as with
     the CLI, `CONNVO_*` variables and `$CONNVO_CONFIG` fill in what is not given. A bad value
-    raises `agent.ConfigError` (one line, naming the key). `video_out=True` sends a video track
-    (`meeting.video_out`); audio is always sent (`meeting.audio_out`: silence until the bot plays).
+    raises `agent.ConfigError` (one line, naming the key). Audio is sent unless `audio_out=False`
+    (`meeting.audio_out`: silence until the bot plays; each connection encodes it, which a bot
+    that only listens can spare); `video_out=True` sends a video track (`meeting.video_out`).
     """
     if settings is None:
         given: dict[str, object] = {"url": url, "token": token, "meeting": meeting_id, **options}
@@ -85,6 +87,7 @@ def join(
     return Meeting(
         ConnvoApi(client),
         settings.participant_settings(),
+        audio_out=audio_out,
         video_out=video_out,
         quality_interval=quality_interval,
         max_queued_events=max_queued_events,
@@ -111,6 +114,7 @@ class Meeting:
         api: ConnvoApi,
         settings: ParticipantSettings,
         *,
+        audio_out: bool = True,
         video_out: bool = False,
         quality_interval: float = 5.0,
         max_queued_events: int = 1000,
@@ -125,7 +129,7 @@ class Meeting:
         self.decode = decode
         self._tracks_for_peer = tracks_for_peer
         self.participants: dict[str, RemoteParticipant] = {}  # by user id, present ones
-        self.audio_out = AudioOutput()
+        self._audio_out = AudioOutput() if audio_out else None
         self._video_out = VideoOutput() if video_out else None
         self.quality_interval = quality_interval
         self.ended_because: str | None = None  # set once the agent is out of the meeting
@@ -150,6 +154,13 @@ class Meeting:
         self._task: asyncio.Task[None] | None = None
 
     # --- the public face -------------------------------------------------------------------------
+
+    @property
+    def audio_out(self) -> AudioOutput:
+        """The audio every connection receives; not with `join(..., audio_out=False)`."""
+        if self._audio_out is None:
+            raise RuntimeError("no audio output: joined with audio_out=False")
+        return self._audio_out
 
     @property
     def video_out(self) -> VideoOutput:
@@ -215,9 +226,9 @@ class Meeting:
             with contextlib.suppress(Exception):
                 await self._task
         await self._close_client()
-        self.audio_out.stop()
-        if self._video_out is not None:
-            self._video_out.stop()
+        for output in (self._audio_out, self._video_out):
+            if output is not None:
+                output.stop()
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event since joining, in order, ending with MeetingEnded (after which a new call
@@ -286,7 +297,9 @@ class Meeting:
     def _local_tracks(self) -> list[MediaStreamTrack]:
         if self._tracks_for_peer is not None:
             return self._tracks_for_peer()
-        tracks = [self._relay.subscribe(self.audio_out, buffered=True)]
+        tracks = []
+        if self._audio_out is not None:
+            tracks.append(self._relay.subscribe(self._audio_out, buffered=True))
         if self._video_out is not None:
             tracks.append(self._relay.subscribe(self._video_out, buffered=False))
         return tracks

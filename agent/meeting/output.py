@@ -7,6 +7,7 @@ Each output is a single source track; every peer connection gets its own relayed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ class AudioOutput(MediaStreamTrack):
         self._queue = bytearray()
         self._max_bytes = max(5 * _FRAME_BYTES, int(max_queued_seconds * SAMPLE_RATE) * 2)
         self._room = asyncio.Event()
+        self._data = asyncio.Event()  # set whenever audio is queued
+        self._starved = True  # the last frame sent was silence
         self._empty = asyncio.Event()
         self._empty.set()
         self._resamplers: dict[tuple[int, int], av.AudioResampler] = {}
@@ -92,6 +95,7 @@ class AudioOutput(MediaStreamTrack):
                 await self._room.wait()
             self._queue += piece
             self._empty.clear()
+            self._data.set()
 
     def clear(self) -> float:
         """Drop everything queued (barge-in); returns how many seconds were dropped."""
@@ -107,16 +111,38 @@ class AudioOutput(MediaStreamTrack):
         await self._empty.wait()
 
     async def recv(self) -> av.AudioFrame:
+        """The next 20 ms frame, when it is due.
+
+        Queued audio goes out one frame every 20 ms. When the output is starved (nothing, or less
+        than a frame, queued: the bot is between utterances, or its audio arrives just late), it
+        waits for the next frame's audio until that frame is due and sends it the moment it is
+        complete, starting the 20 ms schedule again from there; only if none has come by then
+        does silence go out. So a frame that arrives just after its slot is not held back a
+        whole frame, and a late producer (an echo of network audio) never adds a frame of delay
+        for good. The tail of an utterance (less than a frame) is sent padded once nothing has
+        followed it for a frame's time.
+        """
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
         if self._next_at is None or now - self._next_at > _LATE_S:
             self._next_at = now
-        elif self._next_at > now:
-            await asyncio.sleep(self._next_at - now)
+        if len(self._queue) >= _FRAME_BYTES and not self._starved:
+            if self._next_at > now:
+                await asyncio.sleep(self._next_at - now)
+        else:
+            deadline = self._next_at + (AUDIO_PTIME if self._queue else 0.0)
+            while len(self._queue) < _FRAME_BYTES and (wait := deadline - time.monotonic()) > 0:
+                self._data.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._data.wait()
+            if len(self._queue) >= _FRAME_BYTES:
+                self._next_at = min(self._next_at, time.monotonic())  # sent now: schedule from here
         self._next_at += AUDIO_PTIME
         chunk = bytes(self._queue[:_FRAME_BYTES])
         del self._queue[:_FRAME_BYTES]
+        self._starved = not chunk
         if chunk:
             self.played_seconds += len(chunk) / 2 / SAMPLE_RATE
             self._room.set()

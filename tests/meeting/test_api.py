@@ -165,6 +165,19 @@ async def test_video_in_and_out(meeting: Meeting, join: JoinFactory) -> None:
     assert frame.session_id == alice.session_id
 
 
+async def test_a_listening_bot_sends_no_audio(meeting: Meeting, join: JoinFactory) -> None:
+    async with join(audio_out=False) as m, meeting.peer("alice", video=False) as alice:
+        async with asyncio.timeout(TIMEOUT):
+            await call_bot(meeting, alice)
+            p = await m.wait_for_participant()
+            [heard] = [f async for f in _take(p.audio(), 1)]  # it still hears alice
+        answer = next(s["data"]["sdp"] for s in alice.signals if s["data"].get("type") == "answer")
+    assert "a=recvonly" in answer and "a=sendrecv" not in answer
+    assert heard.samples > 0
+    with pytest.raises(RuntimeError, match="audio_out=False"):
+        m.audio_out.clear()
+
+
 async def test_join_refusals_are_typed(
     meeting: Meeting, join: JoinFactory, devserver: Any, tmp_path: Path
 ) -> None:
