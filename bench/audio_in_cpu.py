@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -44,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,8 @@ from aiortc.mediastreams import MediaStreamTrack
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from cpu_split import CpuSplit, spawning_world  # noqa: E402  (bench/cpu_split.py)
 
 import agent  # noqa: E402
 from agent.cli.loop import run_async  # noqa: E402
@@ -72,32 +73,6 @@ CONNECT_TIMEOUT_S = 60.0
 SETTLE_S = 3.0  # every connection up and media flowing before the first window
 READER_SETTLE_S = 1.0  # from starting or stopping the readers to the window
 BYTES_PER_S = RATE * 2  # 16 kHz mono s16
-
-
-@dataclass
-class CpuSplit:
-    """The agent on one CPU, the simulated rest of the meeting (backend, peers) on the others."""
-
-    agent: set[int]
-    world: set[int]
-
-    @classmethod
-    def of_this_machine(cls) -> CpuSplit | None:
-        cpus = sorted(os.sched_getaffinity(0))
-        return cls({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else None
-
-
-@contextlib.contextmanager
-def spawning_world(split: CpuSplit | None) -> Iterator[None]:
-    """Processes started inside run on the world's CPUs; this thread on the agent's afterwards."""
-    if split is None:
-        yield
-        return
-    os.sched_setaffinity(0, split.world)  # inherited by the processes spawned now
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, split.agent)
 
 
 @dataclass

@@ -39,16 +39,17 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from cpu_split import CpuSplit, spawning_world  # noqa: E402  (bench/cpu_split.py)
 
 from agent.cli.loop import run_async  # noqa: E402
 from agent.convex import ConvexClient, TokenSource  # noqa: E402
@@ -66,32 +67,6 @@ FIXED_INTERVAL_S = 0.25
 # agent/devserver/static/join.js). At 20 ms, 50 peers sent 2,500 requests a second to a backend
 # sharing two cores with the agent, and the figure measured the backend.
 PEER_POLL_S = 0.05
-
-
-@dataclass
-class CpuSplit:
-    """The agent on one CPU, the simulated rest of the meeting (backend, peers) on the others."""
-
-    agent: set[int]
-    world: set[int]
-
-    @classmethod
-    def of_this_machine(cls) -> CpuSplit | None:
-        cpus = sorted(os.sched_getaffinity(0))
-        return cls({cpus[0]}, set(cpus[1:])) if len(cpus) >= 2 else None
-
-
-@contextlib.contextmanager
-def spawning_world(split: CpuSplit | None) -> Iterator[None]:
-    """Processes started inside run on the world's CPUs; this thread on the agent's afterwards."""
-    if split is None:
-        yield
-        return
-    os.sched_setaffinity(0, split.world)  # inherited by the processes spawned now
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, split.agent)
 
 
 @dataclass

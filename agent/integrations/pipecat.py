@@ -126,7 +126,28 @@ class ConnvoParams(TransportParams):
         return channels
 
 
-class ConnvoInputTransport(BaseInputTransport):
+class _SharesTheMeeting:
+    """The input's and the output's lifecycle: each releases the shared meeting when the pipeline
+    ends (the output after sending what it has queued), and the last one leaves it."""
+
+    _transport: ConnvoTransport
+
+    async def stop(self, frame: EndFrame) -> None:
+        await super().stop(frame)  # type: ignore[misc]
+        await self._transport._release(self)  # type: ignore[arg-type]
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await super().cancel(frame)  # type: ignore[misc]
+        await self._transport._release(self)  # type: ignore[arg-type]
+
+    async def cleanup(self) -> None:
+        await super().cleanup()  # type: ignore[misc]
+        await self._transport._release(self)  # type: ignore[arg-type]
+        await self._transport._close_unjoined()
+        await self._transport.cleanup()  # type: ignore[no-untyped-call]
+
+
+class ConnvoInputTransport(_SharesTheMeeting, BaseInputTransport):
     """Pushes each participant's audio into the pipeline as `UserAudioRawFrame`s."""
 
     def __init__(self, transport: ConnvoTransport, params: ConnvoParams, **kwargs: Any) -> None:
@@ -140,22 +161,8 @@ class ConnvoInputTransport(BaseInputTransport):
         if joined and self._params.audio_in_enabled:
             self._transport._audio_ready(self)
 
-    async def stop(self, frame: EndFrame) -> None:
-        await super().stop(frame)
-        await self._transport._release(self)
 
-    async def cancel(self, frame: CancelFrame) -> None:
-        await super().cancel(frame)
-        await self._transport._release(self)
-
-    async def cleanup(self) -> None:
-        await super().cleanup()  # type: ignore[no-untyped-call]
-        await self._transport._release(self)
-        await self._transport._close_unjoined()
-        await self._transport.cleanup()  # type: ignore[no-untyped-call]
-
-
-class ConnvoOutputTransport(BaseOutputTransport):
+class ConnvoOutputTransport(_SharesTheMeeting, BaseOutputTransport):
     """Sends the pipeline's audio to the meeting; an interruption clears what is queued there."""
 
     def __init__(self, transport: ConnvoTransport, params: ConnvoParams, **kwargs: Any) -> None:
@@ -166,20 +173,6 @@ class ConnvoOutputTransport(BaseOutputTransport):
         await super().start(frame)
         await self._transport._start(self)
         await self.set_transport_ready(frame)
-
-    async def stop(self, frame: EndFrame) -> None:
-        await super().stop(frame)  # sends what is queued first
-        await self._transport._release(self)
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        await super().cancel(frame)
-        await self._transport._release(self)
-
-    async def cleanup(self) -> None:
-        await super().cleanup()  # type: ignore[no-untyped-call]
-        await self._transport._release(self)
-        await self._transport._close_unjoined()
-        await self._transport.cleanup()  # type: ignore[no-untyped-call]
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)

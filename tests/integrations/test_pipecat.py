@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import av
@@ -36,59 +34,22 @@ from agent.integrations.pipecat import ConnvoParams, ConnvoTransport
 from agent.media.pcm import AUDIO_TIME_BASE, SAMPLE_RATE, SAMPLES_PER_FRAME, tone_pcm
 from agent.media.sources import Pacer
 from tests.agent.conftest import Meeting, loopback_only, meeting
+from tests.examples.test_examples import (
+    SPEECH_RMS,
+    bot_listed,
+    end_meeting,
+    example,
+    options,
+    rms,
+)
 from tests.support.waiting import poll_until
 
 # the agent's tests' fixtures: ICE on 127.0.0.1 only (autouse), a meeting on the dev backend
 __all__ = ["loopback_only", "meeting"]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 30
-SPEECH_RMS = 1000  # speech and the tone are several thousand RMS; the agent's silence is 0
 QUIET_RMS = 100
 UTTERANCE = "hello there, this is a test"
-
-
-def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def options(meeting: Meeting, tmp_path: Path) -> dict[str, Any]:
-    return {
-        "url": meeting.server.url,
-        "token": meeting.tokens["bot"],
-        "meeting_id": meeting.id,
-        "state_dir": tmp_path / "state",
-        "ice_host_addresses": ["127.0.0.1"],
-        "meeting_check_interval": 0.3,  # notice the end promptly
-    }
-
-
-def rms(frame: Any) -> float:
-    samples = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)[: frame.samples]
-    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
-
-
-async def bot_listed(meeting: Meeting, peer: Any) -> None:
-    """Wait until the bot's own session is listed: it has joined and can be called."""
-
-    async def listed() -> bool:
-        active = await peer.call(
-            "meetings/webrtc/signaling/getActiveSessions", meetingId=meeting.id
-        )
-        return any(a["userId"] == meeting.users["bot"] for a in active)
-
-    await poll_until(listed)
-
-
-async def end_meeting(meeting: Meeting, bot: asyncio.Task[Any]) -> None:
-    """The host ends the meeting; the transport ends the pipeline and the bot returns."""
-    await asyncio.to_thread(meeting.server.end_meeting, meeting.id, "bot")
-    async with asyncio.timeout(TIMEOUT):
-        await bot
 
 
 @contextlib.asynccontextmanager
