@@ -19,7 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "transcriber": ("webrtcvad", "pocketsphinx"),
     "vosk": ("webrtcvad", "vosk"),
     "faster-whisper": ("webrtcvad", "faster_whisper"),
-    "service": ("standardwebhooks",),
+    "service": ("standardwebhooks", "starlette", "uvicorn", "httptools", "redis"),
 }
 
 

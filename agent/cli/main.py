@@ -22,12 +22,15 @@ def _register_subcommands() -> None:
     from agent.cli.demo import demo_command
     from agent.cli.load import load_command, report_group
     from agent.cli.run import run_command
+    from agent.cli.serve import serve_command, worker_command
     from agent.extras import has_extra, unavailable_command
 
     cli.add_command(run_command)
     cli.add_command(demo_command)
     cli.add_command(load_command)
     cli.add_command(report_group)
+    cli.add_command(serve_command)
+    cli.add_command(worker_command)
     if has_extra("devserver"):
         from agent.devserver.cli import devserver
 

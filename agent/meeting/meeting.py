@@ -152,6 +152,7 @@ class Meeting:
         )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[Event], None]] = []
 
     # --- the public face -------------------------------------------------------------------------
 
@@ -245,6 +246,11 @@ class Meeting:
             if isinstance(event, MeetingEnded):
                 return
 
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener` with every event as it happens, before `events()` yields it (and
+        whether or not anything reads `events()`). It runs on the event loop: keep it short."""
+        self._listeners.append(listener)
+
     async def wait_for_participant(self, user_id: str | None = None) -> RemoteParticipant:
         """The participant `user_id` (or any) once present; MeetingEndedError if the meeting
         ends first. Bound the wait with `asyncio.timeout`."""
@@ -311,6 +317,11 @@ class Meeting:
 
     def _emit(self, event: Event) -> None:
         self._events.put(event)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not stop the meeting
+                log.exception("event listener %r failed", listener)
 
     def _wake_waiters(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

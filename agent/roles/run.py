@@ -37,7 +37,7 @@ class Role(Protocol):
     def summary_lines(self) -> list[str]: ...
 
 
-def _token_source(settings: AgentSettings) -> TokenSource:
+def token_source(settings: AgentSettings) -> TokenSource:
     try:
         if settings.token_file:
             return TokenSource(path=settings.token_file)
@@ -46,7 +46,7 @@ def _token_source(settings: AgentSettings) -> TokenSource:
         raise ConfigError(f"config: token: {exc}") from None
 
 
-async def _build(
+async def build_role(
     settings: AgentSettings,
     token: TokenSource,
     metrics: AgentMetrics,
@@ -115,13 +115,13 @@ async def run_role(settings: AgentSettings) -> int:
     """The process's main coroutine. Returns the exit code; ConfigError for bad settings."""
     setup_logging(settings.log_level, settings.log_format)
     install_patches()  # the agent's changes inside aiortc and aioice, once per process
-    token = _token_source(settings)
+    token = token_source(settings)
     register_secret(token.current)
     if settings.ice_host_addresses:
         restrict_host_addresses(settings.ice_host_addresses)
     metrics = AgentMetrics()
     async with contextlib.AsyncExitStack() as resources:
-        role = await _build(settings, token, metrics, resources)
+        role = await build_role(settings, token, metrics, resources)
         if settings.metrics_port:
             resources.callback(metrics.start_http_server(settings.metrics_port).stop)
         stop = asyncio.Event()

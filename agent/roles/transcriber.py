@@ -40,6 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,8 @@ class Transcriber:
         self._recent_posts: collections.deque[float] = collections.deque()  # monotonic times
         self.final_counts: dict[str, int] = {}  # outbox states when run() ended
         self.rate_limited = 0  # posts the server refused for its rate limit (posted again later)
+        # called with each chunk the backend stored, and its sequence, as it is stored
+        self.on_posted: Callable[[Chunk, int], None] | None = None
 
     @property
     def participant(self) -> Participant:
@@ -602,6 +605,8 @@ class Transcriber:
             return None
         self.outbox.mark(chunk.chunkId, "posted", sequence=result.sequence)
         self.posted.append((chunk, result.sequence))
+        if self.on_posted is not None:
+            self.on_posted(chunk, result.sequence)
         return True
 
     def summary_lines(self) -> list[str]:

@@ -73,6 +73,7 @@ SECRET_BYTES = (24, 64)  # the key's length range Standard Webhooks recommends
 
 class EventType(enum.StrEnum):
     BOT_STATE_CHANGED = "bot.state_changed"
+    BOT_MEDIA_CONNECTED = "bot.media_connected"
     PARTICIPANT_JOINED = "participant.joined"
     PARTICIPANT_LEFT = "participant.left"
     TRANSCRIPT_CHUNK = "transcript.chunk"
@@ -192,7 +193,9 @@ class WebhookOutbox:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self.path = path
         self.clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0  # transactions open (nested ones join the outermost)
+        self._notify: list[str] = []  # bots with events enqueued in the open transaction
         self._listeners: list[EnqueueListener] = []
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -230,18 +233,17 @@ class WebhookOutbox:
         quotes neither the URL nor the secret)."""
         kind = _event_type(event_type)
         _check_url(url)
-        _check_secret(secret)
+        check_secret(secret)
         created_at = self.clock()
         body = _payload(kind, created_at, data)
         event_id = f"msg_{uuid.uuid4().hex}"
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 "INSERT INTO events (id, bot_id, type, url, secret, body, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (event_id, bot_id, kind.value, url, secret, body, created_at),
             )
-        for listener in list(self._listeners):
-            listener(bot_id)
+            self._notify.append(bot_id)
         return event_id
 
     def add_listener(self, listener: EnqueueListener) -> None:
@@ -305,7 +307,7 @@ class WebhookOutbox:
 
     def schedule_retry(self, event_id: str, at: float, reason: str) -> OutboxEvent:
         """Count a failed attempt and set the next one for `at` (Unix time)."""
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
                 "WHERE id = ? AND status = 'pending'",
@@ -320,7 +322,7 @@ class WebhookOutbox:
         """Forget events delivered or failed more than `older_than` seconds ago (the counts
         stay); how many were removed."""
         cutoff = self.clock() - older_than
-        with self._transaction():
+        with self.transaction():
             cursor = self._db.execute(
                 "DELETE FROM events WHERE status != 'pending' AND finished_at < ?", (cutoff,)
             )
@@ -332,7 +334,7 @@ class WebhookOutbox:
         self, event_id: str, status: EventStatus, reason: str | None, *, attempted: bool
     ) -> None:
         outcome = Outcome.DELIVERED if status is EventStatus.DELIVERED else Outcome.FAILED
-        with self._transaction():
+        with self.transaction():
             cursor = self._db.execute(
                 "UPDATE events SET status = ?, attempts = attempts + ?, "
                 "last_error = COALESCE(?, last_error), finished_at = ? "
@@ -355,15 +357,38 @@ class WebhookOutbox:
             return [_event(row) for row in rows.fetchall()]
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the outbox's file, which other tables may share (the service's
+        bots): what is written inside and the events enqueued inside are committed together.
+        Nested calls join the outer transaction; listeners hear of events once it commits."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            self._depth = 1
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._notify.clear()
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
+            notify, self._notify = self._notify, []
+        for bot_id in dict.fromkeys(notify):
+            for listener in list(self._listeners):
+                listener(bot_id)
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query on the file (for the tables that share it)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
 
 def _event(row: tuple[Any, ...]) -> OutboxEvent:
@@ -402,7 +427,7 @@ def _check_url(url: str) -> None:
         raise ValueError("the webhook URL must be an absolute http:// or https:// URL")
 
 
-def _check_secret(secret: str) -> None:
+def check_secret(secret: str) -> None:
     """`whsec_` and the base64 of 24 to 64 random bytes, as Standard Webhooks recommends (the
     library alone would take a secret without the prefix, and skip characters that are not
     base64)."""

@@ -591,6 +591,7 @@ def test_the_event_types_are_the_documented_ones() -> None:
     assert sorted(EventType) == sorted(
         [
             "bot.state_changed",
+            "bot.media_connected",
             "participant.joined",
             "participant.left",
             "transcript.chunk",
