@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,7 +12,14 @@ from agent.cli.loop import CommandError, run_async
 from agent.config import ConfigError
 from agent.extras import require
 
-_LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
+
+def _logging(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--log-level and --log-format, as `connvo-agent run` has them."""
+    levels = click.Choice(["debug", "info", "warning", "error"])
+    command = click.option("--log-format", type=click.Choice(["text", "json"]), default="text")(
+        command
+    )
+    return click.option("--log-level", type=levels, default="info", show_default=True)(command)
 
 
 @click.command("serve")
@@ -47,14 +56,27 @@ _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
     help="Local worker processes (without --redis); 0: one per CPU, at most 4.",
 )
 @click.option(
+    "--worker-timeout",
+    type=click.FloatRange(1, 3600),
+    default=10.0,
+    show_default=True,
+    help="A local worker silent this long is hung: killed, its bots run again elsewhere.",
+)
+@click.option(
+    "--token-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Requests may name a `token_file` in this directory (relative to it); without it, "
+    "they must carry `token`. Workers read the file at the same path.",
+)
+@click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
     default=Path("connvo-service"),
     show_default=True,
     help="The service's database and the bots' files.",
 )
-@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@_logging
 def serve_command(
     host: str,
     port: int,
@@ -62,6 +84,8 @@ def serve_command(
     redis_url: str | None,
     max_bots: int,
     workers: int,
+    worker_timeout: float,
+    token_dir: Path | None,
     state_dir: Path,
     log_level: str,
     log_format: str,
@@ -77,6 +101,8 @@ def serve_command(
         redis=redis_url,
         max_bots=max_bots,
         workers=workers,
+        worker_timeout=worker_timeout,
+        token_dir=token_dir,
         state_dir=state_dir,
         log_level=log_level,
         log_format=log_format,
@@ -122,8 +148,7 @@ def serve_command(
     show_default=True,
     help="On SIGTERM: seconds the bots may go on before they are handed back to the queue.",
 )
-@click.option("--log-level", type=_LOG_LEVELS, default="info", show_default=True)
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@_logging
 @click.option("--stdio", is_flag=True, hidden=True, help="A worker of serve's local pool.")
 @click.option("--worker-id", default=None, hidden=True)
 def worker_command(

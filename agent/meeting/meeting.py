@@ -241,7 +241,7 @@ class Meeting:
         """
         while (event := await self._events.get()) is not None:
             if isinstance(event, ParticipantJoined) and event.participant.display_name is None:
-                await self._wait_name(event.participant)
+                await self.wait_for_name(event.participant)
             yield event
             if isinstance(event, MeetingEnded):
                 return
@@ -392,7 +392,10 @@ class Meeting:
 
     # --- names and quality -------------------------------------------------------------------
 
-    async def _wait_name(self, p: RemoteParticipant) -> None:
+    async def wait_for_name(self, p: RemoteParticipant) -> None:
+        """Until `p.display_name` is read from the participant list (at most a couple of
+        seconds; it stays None if the backend has none). `events()` does this before yielding
+        ParticipantJoined; a listener (`add_listener`) hears of it at once, and may wait here."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(NAME_WAIT_S):
                 while p.user_id not in self._names and self.ended_because is None:

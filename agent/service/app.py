@@ -27,15 +27,17 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.config import ConfigError
+from agent.config import AgentSettings, ConfigError
 from agent.service.botrun import BotJob
 from agent.service.control import Controller
 from agent.service.models import (
+    FINAL_STATES,
     Bot,
     BotList,
     BotRequest,
     BotState,
     ErrorAnswer,
+    InvalidKey,
     Transcript,
     TranscriptEntry,
 )
@@ -118,16 +120,26 @@ class _Auth(BaseHTTPMiddleware):
 
 
 def _validation_error(exc: ValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or None
+    first = exc.errors(include_input=False, include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field"
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ValueError):
+        message = str(cause)  # without pydantic's "Value error, "
+        if isinstance(cause, InvalidKey):
+            loc.append(cause.key)
+    where = ".".join(loc) or None
     return error(422, "invalid_request", f"{where}: {message}" if where else message, where)
 
 
 def _check_settings(request: BotRequest) -> JSONResponse | None:
     """Build the bot's settings now, so that a bad value is a 422 rather than a failed bot."""
+    for key in request.settings:
+        if key not in AgentSettings.model_fields:
+            return error(422, "invalid_request", f"settings.{key}: unknown setting",
+                         f"settings.{key}")  # fmt: skip
     body = request.model_dump(mode="json")
     if request.token is not None:
         body["token"] = request.token.get_secret_value()
@@ -148,7 +160,10 @@ def _check_settings(request: BotRequest) -> JSONResponse | None:
     return None
 
 
-def create_app(controller: Controller, keys: ApiKeys) -> Starlette:
+def create_app(controller: Controller, keys: ApiKeys, token_dir: Path | None = None) -> Starlette:
+    """The API. `token_dir`: the only directory a request's `token_file` may name a file in
+    (without it, requests must carry `token`): otherwise any API key could make a worker send any
+    file it can read, as a bearer token, to a URL of the caller's choosing."""
     store = controller.store
 
     async def healthz(request: Request) -> Response:
@@ -179,6 +194,15 @@ def create_app(controller: Controller, keys: ApiKeys) -> Starlette:
         if (bot_request.token is None) == (bot_request.token_file is None):
             return error(422, "invalid_request", "token: give exactly one of token and "
                          "token_file", "token")  # fmt: skip
+        if bot_request.token_file is not None:
+            if token_dir is None:
+                return error(422, "invalid_request", "token_file: not accepted by this service "
+                             "(started without --token-dir); send token", "token_file")  # fmt: skip
+            path = _inside(token_dir, bot_request.token_file)
+            if path is None:
+                return error(422, "invalid_request", "token_file: must name a file inside the "
+                             "service's --token-dir", "token_file")  # fmt: skip
+            bot_request = bot_request.model_copy(update={"token_file": str(path)})
         if (bad := _check_settings(bot_request)) is not None:
             return bad
         key = request.headers.get("idempotency-key")
@@ -217,7 +241,11 @@ def create_app(controller: Controller, keys: ApiKeys) -> Starlette:
 
     async def delete_bot(request: Request) -> Response:
         bot = controller.delete(request.path_params["bot_id"])
-        return _model(bot, 202) if bot is not None else _not_found()
+        if bot is None:
+            return _not_found()
+        # 202: it is leaving; 200: it is out already (a queued bot ends at once; a final one
+        # stays as it was, so that a DELETE may be sent again safely)
+        return _model(bot, 200 if bot.state in FINAL_STATES else 202)
 
     async def transcript(request: Request) -> Response:
         bot = _bot(request)
@@ -250,7 +278,11 @@ def create_app(controller: Controller, keys: ApiKeys) -> Starlette:
         bot = _bot(request)
         if bot is None:
             return _not_found()
-        root = (controller.bots_dir / bot.id).resolve()
+        manifest = store.manifest(bot.id)
+        if manifest is None:
+            return error(404, "not_found", "no such file among the bot's recordings")
+        # the files' paths are the manifest's: relative to its directory
+        root = (controller.bots_dir / bot.id / manifest).parent.resolve()
         wanted = request.path_params["path"]
         known = {f.path for f in bot.files}
         path = (root / wanted).resolve()
@@ -275,6 +307,13 @@ def create_app(controller: Controller, keys: ApiKeys) -> Starlette:
         middleware=[Middleware(_Auth, keys=keys)],
         exception_handlers={404: _not_found_handler, 405: _method_handler},
     )
+
+
+def _inside(directory: Path, name: str) -> Path | None:
+    """`name` resolved in `directory` (links followed), if it stays inside it."""
+    root = directory.resolve()
+    path = (root / name).resolve()
+    return path if path.is_relative_to(root) and path != root else None
 
 
 def _not_found() -> JSONResponse:
@@ -355,6 +394,9 @@ def openapi_document() -> dict[str, Any]:
                                  "responses": {"200": answer("Up")}}},
             "/metrics": {"get": {"security": [], "summary": "Prometheus metrics",
                                  "responses": {"200": answer("Metrics, text format")}}},
+            "/openapi.json": {"get": {"summary": "This document",
+                                      "responses": {"200": answer("OpenAPI 3.1"),
+                                                    "401": errors["401"]}}},
             "/v1/bots": {
                 "post": {
                     "summary": "Send a bot into a meeting",
@@ -383,7 +425,9 @@ def openapi_document() -> dict[str, Any]:
                 "get": {"summary": "A bot", "responses": {"200": answer("The bot", "Bot"),
                                                           **errors}},
                 "delete": {"summary": "Make the bot leave now (files finalised)",
-                           "responses": {"202": answer("Leaving", "Bot"), **errors}},
+                           "responses": {"202": answer("Leaving", "Bot"),
+                                         "200": answer("Out already (queued, or final)", "Bot"),
+                                         **errors}},
             },
             "/v1/bots/{bot_id}/transcript": {
                 "parameters": [bot_id, {"name": "format", "in": "query",

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.config import AgentSettings, ConfigError, load_settings
 from agent.convex import AuthError, ConvexError, FunctionError
+from agent.logsetup import register_secret
 from agent.meeting import (
     ConnectionQuality,
     ConnectionStateChanged,
@@ -37,6 +38,8 @@ from agent.meeting import (
     ParticipantLeft,
 )
 from agent.metrics import AgentMetrics
+from agent.patches import install as install_patches
+from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import MeetingGone
 from agent.roles.recorder import Recorder
 from agent.roles.run import build_role, token_source
@@ -106,6 +109,7 @@ class _BotRun:
         self._left: set[str] = set()  # users whose connection with the bot closed
         self._packets: dict[str, int] = {}  # remote session -> packets received
         self._last_media = time.monotonic()
+        self._reports: asyncio.Queue[Event] = asyncio.Queue()
 
     def emit(self, kind: str, **data: Any) -> None:
         self._emit({"kind": kind, **data})
@@ -120,7 +124,7 @@ class _BotRun:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # whatever broke, the bot ends with a state saying why
-            state, reason, detail = _failure(exc)
+            state, reason, detail = _failure(_cause(exc))
             log.warning("bot %s failed: %s: %s", self.job.bot_id, reason, detail)
             self.emit("error", message=detail)
             if self.in_meeting:
@@ -132,10 +136,19 @@ class _BotRun:
 
     async def _run(self, stop: asyncio.Event, stop_reason: list[str]) -> str | None:
         settings = self.job.settings()
+        # what `connvo-agent run` does at its start, once per worker process (idempotent): the
+        # agent's changes inside aiortc and aioice, and the host addresses ICE gathers on. Those
+        # are the process's: requests cannot set them, every bot reads the worker's environment
+        # (CONNVO_ICE_HOST_ADDRESSES), so they are the same for all
+        install_patches()
+        if settings.ice_host_addresses:
+            restrict_host_addresses(settings.ice_host_addresses)
         metrics = AgentMetrics()
         leave = asyncio.Event()
         async with contextlib.AsyncExitStack() as resources:
-            role = await build_role(settings, token_source(settings), metrics, resources)
+            token = token_source(settings)
+            register_secret(token.current)  # kept out of every log line of this worker
+            role = await build_role(settings, token, metrics, resources)
             meeting = role.meeting  # type: ignore[attr-defined]
             meeting.quality_interval = self._quality_interval()
             meeting.add_listener(self._on_event)
@@ -144,10 +157,12 @@ class _BotRun:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(meeting, leave))
                 relay = tasks.create_task(self._relay(stop, stop_reason, leave))
+                reporter = tasks.create_task(self._report(meeting))
                 try:
                     await role.run(leave)
                 finally:
                     relay.cancel()
+                    reporter.cancel()
             if isinstance(role, Recorder):
                 self._recording_ready(role)
         if stop.is_set():
@@ -217,15 +232,16 @@ class _BotRun:
         alone_since: float | None = None
         me = meeting.user_id
         while not leave.is_set():
-            now = time.monotonic()
-            if roster_every is not None and now >= next_roster:
-                next_roster = now + roster_every
+            if roster_every is not None and time.monotonic() >= next_roster:
                 others = await self._others_present(meeting, me)
+                # as of the answer: "alone" counts from a roster that said so, never before
+                next_roster = time.monotonic() + roster_every
                 if others is not None:
                     if others:
                         company_ever, alone_since = True, None
                     elif company_ever and alone_since is None:
-                        alone_since = now
+                        alone_since = time.monotonic()
+            now = time.monotonic()
             elapsed = now - started
             if rules.max_duration_s is not None and elapsed >= rules.max_duration_s:
                 return LeaveReason.MAX_DURATION
@@ -264,16 +280,40 @@ class _BotRun:
     # --- what the meeting tells ----------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        """Every event as it happens: the auto-leave rules' bookkeeping now, the report in
+        order by `_report` (which waits for a newcomer's display name, as `events()` does)."""
         match event:
             case ParticipantJoined(participant=p):
                 self._present.add(p.user_id)
                 self._left.discard(p.user_id)
+            case ParticipantLeft(participant=p):
+                self._present.discard(p.user_id)
+                self._left.add(p.user_id)
+            case ConnectionQuality(participant=p):
+                if p.packets_received > self._packets.get(p.session_id, 0):
+                    self._last_media = time.monotonic()
+                self._packets[p.session_id] = p.packets_received
+        self._reports.put_nowait(event)
+
+    async def _report(self, meeting: Any) -> None:
+        """Report the meeting's events in order, until cancelled (then what is left, at once)."""
+        try:
+            while True:
+                event = await self._reports.get()
+                if isinstance(event, ParticipantJoined) and event.participant.display_name is None:
+                    await meeting.wait_for_name(event.participant)
+                self._report_event(event)
+        finally:
+            while not self._reports.empty():
+                self._report_event(self._reports.get_nowait())
+
+    def _report_event(self, event: Event) -> None:
+        match event:
+            case ParticipantJoined(participant=p):
                 self.emit(
                     "participant", user_id=p.user_id, display_name=p.display_name, present=True
                 )
             case ParticipantLeft(participant=p, reason=why):
-                self._present.discard(p.user_id)
-                self._left.add(p.user_id)
                 self.emit(
                     "participant",
                     user_id=p.user_id,
@@ -287,9 +327,6 @@ class _BotRun:
                     self._media_connected = True
                     self.emit("media_connected", session_id=p.session_id, user_id=p.user_id)
             case ConnectionQuality(participant=p):
-                if p.packets_received > self._packets.get(p.session_id, 0):
-                    self._last_media = time.monotonic()
-                self._packets[p.session_id] = p.packets_received
                 self.emit(
                     "quality",
                     session_id=p.session_id,
@@ -313,7 +350,9 @@ class _BotRun:
         )
 
     def _recording_ready(self, recorder: Recorder) -> None:
-        root = self.job.directory
+        # file paths as the manifest has them (relative to its directory), so that each one read
+        # in the manifest downloads as /v1/bots/{id}/recordings/{path}
+        root = recorder.recording.root
         files = [
             {
                 "user_id": user,
@@ -327,8 +366,16 @@ class _BotRun:
             for user in [session.user_id]
             for f in session.files
         ]
-        manifest = str(recorder.recording.manifest_path.relative_to(root))
+        # absolute: the service reads it where the worker wrote it (a volume both mount alike)
+        manifest = str(recorder.recording.manifest_path.resolve())
         self.emit("recording", manifest=manifest, files=files)
+
+
+def _cause(exc: Exception) -> Exception:
+    """The error itself, out of the task groups it went through (the role's own and ours)."""
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _failure(exc: Exception) -> tuple[BotState, str, str]:
@@ -338,6 +385,10 @@ def _failure(exc: Exception) -> tuple[BotState, str, str]:
     if isinstance(exc, JoinRefused):
         known = {r.value for r in FailureReason}
         reason = exc.reason if exc.reason in known else FailureReason.INTERNAL.value
+        if exc.message.startswith("invalid arguments") and "path .meetingId" in exc.message:
+            # the id cannot name a meeting (of another table, or no id at all). A well-formed id
+            # of no meeting is FORBIDDEN like any meeting of others: not_a_participant.
+            reason = FailureReason.MEETING_NOT_FOUND.value
         return BotState.FAILED, reason, f"{exc.code or 'refused'}: {exc.message}"
     if isinstance(exc, AuthError):
         return BotState.FAILED, FailureReason.AUTH.value, exc.message

@@ -257,7 +257,12 @@ class Controller:
         if kind == "state":
             state = BotState(event["state"])
             self._set_state(
-                row, state, event.get("reason"), event.get("detail"), worker=message.get("worker")
+                row,
+                state,
+                event.get("reason"),
+                event.get("detail"),
+                worker=message.get("worker"),
+                at=at,
             )
         elif kind == "media_connected":
             if self.store.set_media_connected(row.id):
@@ -338,9 +343,10 @@ class Controller:
         detail: str | None = None,
         *,
         worker: str | None = None,
+        at: float | None = None,
     ) -> None:
         with self.outbox.transaction():
-            self.store.set_state(row.id, state, reason, detail, worker=worker)
+            self.store.set_state(row.id, state, reason, detail, worker=worker, at=at)
             self._webhook_state(row, state, reason, detail, row.state)
         if state is BotState.IN_MEETING:
             self.metrics.joins.inc()

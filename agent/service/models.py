@@ -31,8 +31,19 @@ RESERVED_SETTINGS = frozenset(
         "log_format",
         "log_level",
         "duration",
+        # process-wide in a worker: set for the service and its workers (CONNVO_ICE_HOST_ADDRESSES)
+        "ice_host_addresses",
     }
 )
+
+
+class InvalidKey(ValueError):
+    """A validator's error about one key of the field it checks: the answer names
+    `field.key`."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class BotState(enum.StrEnum):
@@ -131,7 +142,7 @@ class BotRequest(_Strict):
     def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
             if key in RESERVED_SETTINGS:
-                raise ValueError(f"{key!r} cannot be set here")
+                raise InvalidKey(key, "cannot be set in settings")
         return value
 
     @field_validator("metadata")
@@ -172,7 +183,7 @@ class RecordedFile(BaseModel):
     user_id: str
     session_id: str
     kind: str
-    path: str  # relative to the bot's directory
+    path: str  # as in the manifest; downloads at /v1/bots/{id}/recordings/{path}
     duration_s: float
     error: str | None = None
 

@@ -88,7 +88,12 @@ class LocalPool:
             self._send(w, {"type": "stop", "bot_id": bot_id, "reason": reason})
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        return {w.id: w.beat for w in self._workers.values() if w.ready and not w.lost}
+        # its bots as handed to it, not as of its last heartbeat (up to a second old)
+        return {
+            w.id: {**w.beat, "bots": sorted(w.bots)}
+            for w in self._workers.values()
+            if w.ready and not w.lost
+        }
 
     async def recover(self, bots: list[BotRow]) -> list[BotRow]:
         return bots  # the local workers died with the service: every one runs again
@@ -160,7 +165,7 @@ class LocalPool:
                 worker.beat = message
                 if kind == "hello":
                     worker.ready = True
-                    if all(w.ready for w in self._workers.values()):
+                    if sum(w.ready for w in self._workers.values()) >= self.size:
                         self.all_ready.set()
             elif kind == "done":
                 worker.bots.discard(str(message.get("bot_id")))

@@ -30,6 +30,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
 from aiohttp import web
@@ -65,6 +66,16 @@ def jobs_key(worker: str) -> str:
 
 def commands_key(worker: str) -> str:
     return f"{PREFIX}w:{worker}:commands"
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password (a Redis URL may carry one: redis://:secret@host)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _connect(url: str) -> Any:
@@ -249,7 +260,8 @@ class RedisWorker:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            raise ConfigError(f"--redis: cannot reach {self.options.url}: {exc}") from None
+            where = shown_url(self.options.url)
+            raise ConfigError(f"--redis: cannot reach {where}: {exc}") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 READY_PREFIX = "connvo-agent serve listening on "
 STOP_TIMEOUT_S = 35.0  # the workers' own leave timeout, and a little more
 WEBHOOK_DRAIN_S = 5.0
+WORKERS_START_S = 60.0
 
 
 @dataclass
@@ -45,7 +46,9 @@ class ServeOptions:
     redis: str | None = None
     max_bots: int = 100
     state_dir: Path = Path("connvo-service")
+    token_dir: Path | None = None  # where requests' token_file may point
     workers: int = 0  # local worker processes; 0: min(4, CPUs)
+    worker_timeout: float = 10.0  # a local worker silent this long is killed
     log_level: str = "info"
     log_format: str = "text"
 
@@ -98,11 +101,11 @@ async def run_service(options: ServeOptions) -> int:
         dispatcher = RedisDispatcher(options.redis)
     else:
         workers, per_worker = local_pool_size(options)
-        pool = LocalPool(workers, per_worker)
+        pool = LocalPool(workers, per_worker, hung_after=options.worker_timeout)
         dispatcher = pool
     store = BotStore(outbox)
     controller = Controller(store, dispatcher, state_dir)
-    app = create_app(controller, keys)
+    app = create_app(controller, keys, options.token_dir)
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -128,6 +131,12 @@ async def run_service(options: ServeOptions) -> int:
             # uvicorn offers no event for its start
             while not server.started and not serving.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
+            if pool is not None:  # ready means warm: the first bots wait for no process start
+                try:
+                    async with asyncio.timeout(WORKERS_START_S):
+                        await pool.all_ready.wait()
+                except TimeoutError:
+                    log.warning("the local workers are not all up after %.0f s", WORKERS_START_S)
             shown = f"[{host}]" if ":" in host else host
             sys.stdout.write(f"{READY_PREFIX}http://{shown}:{port}\n")
             sys.stdout.flush()

@@ -204,11 +204,19 @@ class BotStore:
         *,
         worker: str | None = None,
         attempt: int | None = None,
+        at: float | None = None,
     ) -> None:
         """Record a state change (history too); the caller enqueues its webhook in the same
-        transaction."""
+        transaction. `at`: when it happened (a worker's clock), if not now; the history keeps
+        its order and never runs ahead of this clock (a worker's clock may be off)."""
         with self.outbox.transaction() as conn:
             now = self.clock()
+            when = now if at is None else min(at, now)
+            (last,) = conn.execute(
+                "SELECT MAX(at) FROM bot_history WHERE bot_id = ?", (bot_id,)
+            ).fetchone()
+            if last is not None:
+                when = max(when, last)
             conn.execute(
                 "UPDATE bots SET state = ?, reason = ?, updated_at = ?,"
                 " worker = COALESCE(?, worker), attempt = COALESCE(?, attempt) WHERE id = ?",
@@ -217,7 +225,7 @@ class BotStore:
             conn.execute(
                 "INSERT INTO bot_history (bot_id, state, at, reason, detail, worker)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (bot_id, state.value, now, reason, detail, worker),
+                (bot_id, state.value, when, reason, detail, worker),
             )
 
     def assign(self, bot_id: str, worker: str | None, attempt: int) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agent.devserver.process import DevServerProcess
 from tests.agent.conftest import Meeting, loopback_only, make_meeting, meeting
 from tests.support.service import SECRET, Client, ServiceProcess, WebhookReceiver
 
@@ -34,6 +35,26 @@ def service(service_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
     return service_factory("--workers", "2", "--max-bots", "20")
 
 
+@pytest.fixture(scope="module")
+def shared_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One service for a module's tests (a module uses it as its `service`): each test looks
+    only at the bots it made."""
+    process = ServiceProcess(
+        tmp_path_factory.mktemp("service") / "service", "--workers", "2", "--max-bots", "20"
+    )
+    yield process.start()
+    process.close()
+
+
+@pytest.fixture(scope="module")
+def shared_devserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServerProcess]:
+    """One dev backend for a module's tests (a module uses it as its `devserver`): each test
+    has a meeting of its own on it."""
+    path = tmp_path_factory.mktemp("devserver") / "devserver.sqlite"
+    with DevServerProcess(path, generation=2, ids="random") as server:
+        yield server
+
+
 @pytest.fixture
 async def client(service: ServiceProcess) -> AsyncIterator[Client]:
     c = Client(service.url)
@@ -53,7 +74,6 @@ def bot_request(
 ) -> dict[str, Any]:
     """A request for a bot of `meeting`'s "bot" user, ICE on loopback, prompt checks."""
     settings = {
-        "ice_host_addresses": ["127.0.0.1"],
         "meeting_check_interval": 0.3,
         **fields.pop("settings", {}),
     }

@@ -3,11 +3,14 @@ port, no persistence, stopped at teardown."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.support.service import WORKER_ENV
 
 START_TIMEOUT = 10.0
 
@@ -61,6 +64,7 @@ class WorkerProcess:
                  "--worker-id", worker_id, "--max-bots", str(max_bots), *extra],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env={**os.environ, **WORKER_ENV},
             )  # fmt: skip
 
     def log(self) -> str:

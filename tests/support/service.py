@@ -26,6 +26,8 @@ API_KEY = "test-api-key-0123456789"
 API_KEY_2 = "test-api-key-second-9876543210"  # a second key of the same key file
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes
 START_TIMEOUT = 30.0
+# The service's and workers' environment in tests: bots gather ICE candidates on loopback only
+WORKER_ENV = {"CONNVO_ICE_HOST_ADDRESSES": '["127.0.0.1"]'}
 
 
 class ServiceProcess:
@@ -51,7 +53,7 @@ class ServiceProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, **(self.env or {})},
+            env={**os.environ, **WORKER_ENV, **(self.env or {})},
         )  # fmt: skip
         log.close()
         assert self.process.stdout is not None
@@ -89,6 +91,12 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def create(self, body: dict[str, Any], **headers: str) -> httpx.Response:
         return await self.http.post("/v1/bots", json=body, headers=headers)
