@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_IDEMPOTENCY_KEY = 255
+DEFAULT_PAGE, MAX_PAGE = 100, 1000  # bots per page of GET /v1/bots
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 
 
@@ -229,8 +230,16 @@ def create_app(controller: Controller, keys: ApiKeys, token_dir: Path | None = N
             except ValueError:
                 states = ", ".join(s.value for s in BotState)
                 return error(422, "invalid_request", f"state: one of {states}", "state")
-        bots = [b for i in store.ids(wanted) if (b := store.view(i)) is not None]
-        return _model(BotList(bots=bots))
+        try:
+            limit = int(request.query_params.get("limit", DEFAULT_PAGE))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            return error(422, "invalid_request", f"limit: 1 to {MAX_PAGE}", "limit")
+        ids = store.ids(wanted, limit + 1, request.query_params.get("after"))
+        bots = [b for i in ids[:limit] if (b := store.view(i)) is not None]
+        more = len(ids) > limit
+        return _model(BotList(bots=bots, next_after=bots[-1].id if more and bots else None))
 
     def _bot(request: Request) -> Bot | None:
         return store.view(request.path_params["bot_id"])
@@ -416,8 +425,15 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "List bots",
                     "parameters": [{"name": "state", "in": "query",
-                                    "schema": {"enum": [s.value for s in BotState]}}],
-                    "responses": {"200": answer("Bots", "BotList"), **errors},
+                                    "schema": {"enum": [s.value for s in BotState]}},
+                                   {"name": "limit", "in": "query",
+                                    "schema": {"type": "integer", "minimum": 1,
+                                               "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
+                                   {"name": "after", "in": "query", "schema": {"type": "string"},
+                                    "description": "next_after of the previous page"}],
+                    "responses": {"200": answer("Bots, oldest first", "BotList"),
+                                  "422": answer("A bad state or limit", "ErrorAnswer"),
+                                  **errors},
                 },
             },
             "/v1/bots/{bot_id}": {

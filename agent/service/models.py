@@ -217,6 +217,8 @@ class Bot(BaseModel):
 
 class BotList(BaseModel):
     bots: list[Bot]
+    # the `after` of the next page; None: this was the last page
+    next_after: str | None = None
 
 
 class TranscriptEntry(BaseModel):

@@ -420,14 +420,22 @@ class BotStore:
             last_error=last_error,
         )
 
-    def ids(self, state: BotState | None = None, limit: int = 1000) -> list[str]:
-        if state is None:
-            rows = self.outbox.read("SELECT id FROM bots ORDER BY created_at LIMIT ?", (limit,))
-        else:
-            rows = self.outbox.read(
-                "SELECT id FROM bots WHERE state = ? ORDER BY created_at LIMIT ?",
-                (state.value, limit),
-            )
+    def ids(
+        self, state: BotState | None = None, limit: int = 100, after: str | None = None
+    ) -> list[str]:
+        """Bot ids, oldest first (by creation, then id), optionally in one state, after the bot
+        `after` (a page's last id: the next page; an unknown id gives nothing)."""
+        where, args = ["1"], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        if after is not None:
+            where.append("(created_at, id) > (SELECT created_at, id FROM bots WHERE id = ?)")
+            args.append(after)
+        rows = self.outbox.read(
+            f"SELECT id FROM bots WHERE {' AND '.join(where)} ORDER BY created_at, id LIMIT ?",
+            (*args, limit),
+        )
         return [r[0] for r in rows]
 
     def transcript(self, bot_id: str) -> list[TranscriptEntry]:

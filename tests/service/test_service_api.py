@@ -185,7 +185,7 @@ async def test_a_bad_request_is_a_clear_4xx_naming_the_field_and_creates_nothing
     if field is not None:
         assert error["message"].startswith(f"{field}: "), error
     assert TOKEN not in response.text and SECRET not in response.text
-    assert (await client.http.get("/v1/bots")).json() == {"bots": []}
+    assert (await client.http.get("/v1/bots")).json() == {"bots": [], "next_after": None}
 
 
 async def test_a_bad_idempotency_key_or_state_filter_is_a_4xx(client: Client) -> None:
@@ -195,7 +195,7 @@ async def test_a_bad_idempotency_key_or_state_filter_is_a_4xx(client: Client) ->
     listed = await client.http.get("/v1/bots", params={"state": "dancing"})
     assert listed.status_code == 422 and listed.json()["error"]["field"] == "state"
     assert "in_meeting" in listed.json()["error"]["message"]
-    assert (await client.http.get("/v1/bots")).json() == {"bots": []}
+    assert (await client.http.get("/v1/bots")).json() == {"bots": [], "next_after": None}
 
 
 async def test_unknown_bots_and_routes_are_404(client: Client) -> None:
@@ -255,7 +255,10 @@ async def test_every_v1_route_needs_a_key(
         for path in ("/healthz", "/metrics"):
             assert (await anonymous.get(path)).status_code == 200, path
     async with Client(service.url) as first, Client(service.url, API_KEY_2) as second:
-        assert (await first.http.get("/v1/bots")).json() == {"bots": []}  # created nothing
+        assert (await first.http.get("/v1/bots")).json() == {
+            "bots": [],
+            "next_after": None,
+        }  # created nothing
         assert (await second.http.get("/v1/bots")).status_code == 200
 
 
@@ -428,6 +431,14 @@ async def test_bots_are_listed_by_state_and_deleted_in_any_state(
             return [b["id"] for b in answer.json()["bots"]]
 
         assert await ids() == [first, second]
+        # pages, oldest first
+        page = (await client.http.get("/v1/bots", params={"limit": 1})).json()
+        assert ([b["id"] for b in page["bots"]], page["next_after"]) == ([first], first)
+        page = (await client.http.get("/v1/bots", params={"limit": 1, "after": first})).json()
+        assert ([b["id"] for b in page["bots"]], page["next_after"]) == ([second], None)
+        for bad in ("0", "1001", "x"):
+            refused = await client.http.get("/v1/bots", params={"limit": bad})
+            assert refused.status_code == 422 and refused.json()["error"]["field"] == "limit"
         assert await ids("in_meeting") == [first]
         assert await ids("queued") == [second]
         assert await ids("ended") == []
