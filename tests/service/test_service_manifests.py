@@ -107,6 +107,14 @@ def test_the_api_is_one_replica_recreated_on_persistent_state() -> None:
     key_file = Path(_option(args, "--api-key-file"))
     secret = volumes[mounts[str(key_file.parent)]]["secret"]["secretName"]
     assert key_file.name in _one(documents, "Secret", secret)["stringData"]
+    # token_file is read in --token-dir, mounted from the same secret in the service and workers
+    token_dir = _option(args, "--token-dir")
+    tokens = volumes[mounts[token_dir]]["secret"]["secretName"]
+    assert _one(documents, "Secret", tokens)["stringData"]
+    worker = _one(documents, "Deployment", "connvo-worker")
+    worker_mounts = {m["mountPath"]: m["name"] for m in _container(worker)["volumeMounts"]}
+    worker_volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    assert worker_volumes[worker_mounts[token_dir]]["secret"]["secretName"] == tokens
 
     service = _one(documents, "Service", "connvo-service")
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
@@ -183,6 +191,9 @@ def test_compose_runs_the_api_and_two_draining_workers_on_one_redis() -> None:
     assert _option(args, "--redis") == REDIS_URL
     assert _option(args, "--state-dir") == "/data/service"
     assert _option(args, "--api-key-file") == "/data/api-keys"
+    # the tokens setup writes are where the service takes token_file from
+    assert _option(args, "--token-dir") == "/data/tokens"
+    assert "> /data/tokens/bot.token" in services["setup"]["command"][0]
     assert "/data/api-keys" in services["setup"]["command"][0]
     assert service["ports"] == ["127.0.0.1:8080:8080"]
     assert "8080/healthz" in " ".join(service["healthcheck"]["test"])
