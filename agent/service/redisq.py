@@ -27,6 +27,8 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +37,12 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from redis import Redis as SyncRedis
 from redis.exceptions import RedisError, ResponseError
 
 from agent.config import ConfigError
 from agent.service.store import BotRow
-from agent.service.worker import WorkerCore
+from agent.service.worker import HEARTBEAT_S, WorkerCore
 
 if TYPE_CHECKING:
     from agent.service.control import Controller
@@ -54,6 +57,9 @@ GROUP = "service"
 ALIVE_TTL_S = 5.0  # a worker silent this long is lost
 WATCH_S = 1.0  # how often the service looks for lost workers
 EVENTS_MAXLEN = 1_000_000
+# A worker's event loop that has not run for this long is hung: its heartbeat stops, and the
+# service takes it for lost. Shorter stalls (a busy loop while bots join) keep it alive.
+LOOP_STALL_S = 30.0
 
 
 def alive_key(worker: str) -> str:
@@ -218,6 +224,41 @@ class RedisDispatcher:
 # --- the worker's side ----------------------------------------------------------------------
 
 
+class _Heartbeat(threading.Thread):
+    """Keeps the worker's alive key fresh from a thread of its own, with its own connection.
+
+    From the event loop, a heartbeat would wait behind everything the loop has to do: a worker
+    busy with bots joining sent them seconds late, its key ran out, and the service took it for
+    lost while its bots ran on. The loop still shows it is alive: each heartbeat it makes
+    (`beat`) is what the thread writes, and once the loop has made none for LOOP_STALL_S the
+    thread stops writing."""
+
+    def __init__(self, url: str, worker_id: str) -> None:
+        super().__init__(name=f"heartbeat-{worker_id}", daemon=True)
+        self.client: Any = SyncRedis.from_url(url, decode_responses=True)
+        self.key = alive_key(worker_id)
+        self.stopping = threading.Event()
+        self._latest = "{}"
+        self._loop_seen = time.monotonic()
+
+    def beat(self, heartbeat: dict[str, Any]) -> None:
+        """From the event loop: its latest heartbeat (and the proof that it runs)."""
+        self._latest = json.dumps(heartbeat)
+        self._loop_seen = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.wait(HEARTBEAT_S):
+                if time.monotonic() - self._loop_seen > LOOP_STALL_S:
+                    continue  # hung: let the key run out
+                try:
+                    self.client.set(self.key, self._latest, px=int(ALIVE_TTL_S * 1000))
+                except RedisError as exc:
+                    log.warning("redis: heartbeat: %s", exc)
+        finally:
+            self.client.close()
+
+
 @dataclass
 class RedisWorkerOptions:
     url: str
@@ -239,6 +280,7 @@ class RedisWorker:
         self._jobs: dict[str, str] = {}  # bot id -> its raw start message in w:{id}:jobs
         self._room = asyncio.Event()
         self._cpu = 0.0
+        self._heartbeat = _Heartbeat(options.url, self.id)
         self.registry = CollectorRegistry()
         self.bots_gauge = Gauge(
             "connvo_worker_bots", "Bots running on this worker.", registry=self.registry
@@ -252,7 +294,9 @@ class RedisWorker:
         if message.get("type") == "heartbeat":
             self._cpu = float(message.get("cpu", 0.0))
             self.bots_gauge.set(len(message.get("bots", [])))
-        elif message.get("type") == "done":
+            self._heartbeat.beat(message)  # written by the heartbeat thread, not queued
+            return
+        if message.get("type") == "done":
             self._room.set()
         self._outbox.put_nowait(message)
 
@@ -271,7 +315,10 @@ class RedisWorker:
         if self.options.metrics_port is not None:
             runner = await self._serve_metrics(self.options.metrics_port)
         await self.redis.sadd(WORKERS, self.id)
-        await self._beat(self.core.heartbeat())
+        first = self.core.heartbeat()
+        self._heartbeat.beat(first)
+        await self._beat(first)
+        self._heartbeat.start()
         log.info("worker %s: taking up to %d bots", self.id, self.options.max_bots)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -287,6 +334,8 @@ class RedisWorker:
                 await self._flush()
                 writer.cancel()
         finally:
+            self._heartbeat.stopping.set()
+            await asyncio.to_thread(self._heartbeat.join, 5.0)
             with contextlib.suppress(RedisError):
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.delete(alive_key(self.id), commands_key(self.id), jobs_key(self.id))
@@ -364,9 +413,6 @@ class RedisWorker:
     async def _deliver(self, message: dict[str, Any]) -> None:
         while True:
             try:
-                if message.get("type") == "heartbeat":
-                    await self._beat(message)
-                    return
                 await self.redis.xadd(
                     EVENTS, {"m": json.dumps(message)}, maxlen=EVENTS_MAXLEN, approximate=True
                 )
