@@ -308,11 +308,14 @@ class Controller:
             )
 
     def worker_lost(self, worker: str, bot_ids: list[str], why: str) -> None:
-        """A worker died or hung: its bots run again elsewhere (or fail after max_attempts)."""
+        """A worker died or hung: its bots run again elsewhere (or fail after max_attempts).
+        A worker only taken for lost (cut off, or stalled) that comes back is told to let them
+        go, so that no bot runs twice."""
         for bot_id in bot_ids:
             row = self.store.get_row(bot_id)
             if row is None or row.final or row.worker not in (worker, None):
                 continue
+            self.dispatcher.stop(worker, bot_id, "handoff")
             self._requeue(row, FailureReason.WORKER_LOST.value, f"worker {worker}: {why}")
         self._wake.set()
 

@@ -237,6 +237,7 @@ class _Heartbeat(threading.Thread):
         super().__init__(name=f"heartbeat-{worker_id}", daemon=True)
         self.client: Any = SyncRedis.from_url(url, decode_responses=True)
         self.key = alive_key(worker_id)
+        self.worker_id = worker_id
         self.stopping = threading.Event()
         self._latest = "{}"
         self._loop_seen = time.monotonic()
@@ -252,7 +253,11 @@ class _Heartbeat(threading.Thread):
                 if time.monotonic() - self._loop_seen > LOOP_STALL_S:
                     continue  # hung: let the key run out
                 try:
-                    self.client.set(self.key, self._latest, px=int(ALIVE_TTL_S * 1000))
+                    with self.client.pipeline(transaction=False) as pipe:
+                        pipe.set(self.key, self._latest, px=int(ALIVE_TTL_S * 1000))
+                        # listed again if the service took it for lost and dropped it
+                        pipe.sadd(WORKERS, self.worker_id)
+                        pipe.execute()
                 except RedisError as exc:
                     log.warning("redis: heartbeat: %s", exc)
         finally:
@@ -277,7 +282,8 @@ class RedisWorker:
         self.redis = _connect(options.url)
         self.core = WorkerCore(self.id, options.max_bots, self._send)
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._jobs: dict[str, str] = {}  # bot id -> its raw start message in w:{id}:jobs
+        # (bot id, attempt) -> its raw start message in w:{id}:jobs
+        self._jobs: dict[tuple[str, int], str] = {}
         self._room = asyncio.Event()
         self._cpu = 0.0
         self._heartbeat = _Heartbeat(options.url, self.id)
@@ -382,7 +388,7 @@ class RedisWorker:
             message = json.loads(raw)
             if self.options.state_dir is not None:
                 message["directory"] = str(self.options.state_dir / message["bot_id"])
-            self._jobs[message["bot_id"]] = raw
+            self._jobs[(message["bot_id"], int(message["attempt"]))] = raw
             self.core.start(message)
 
     async def _commands(self) -> None:
@@ -417,7 +423,8 @@ class RedisWorker:
                     EVENTS, {"m": json.dumps(message)}, maxlen=EVENTS_MAXLEN, approximate=True
                 )
                 if message.get("type") == "done":
-                    raw = self._jobs.pop(str(message["bot_id"]), None)
+                    job = (str(message["bot_id"]), int(message["attempt"]))
+                    raw = self._jobs.pop(job, None)
                     if raw is not None:
                         await self.redis.lrem(jobs_key(self.id), 1, raw)
                 return

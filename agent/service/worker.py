@@ -68,6 +68,7 @@ class WorkerCore:
         self.send = send
         self.leave_timeout = leave_timeout
         self.bots: dict[str, _Running] = {}
+        self._next: dict[str, dict[str, Any]] = {}  # bot id -> a start waiting for its old attempt
         self.draining = False
         self._tasks: asyncio.TaskGroup | None = None
         self.ready = asyncio.Event()
@@ -94,8 +95,17 @@ class WorkerCore:
         job = BotJob(
             bot_id, int(message["attempt"]), dict(message["request"]), Path(message["directory"])
         )
-        if bot_id in self.bots:
-            log.warning("bot %s is already running here; start ignored", bot_id)
+        running = self.bots.get(bot_id)
+        if running is not None:
+            if running.job.attempt >= job.attempt:
+                log.warning("bot %s is already running here; start ignored", bot_id)
+                return
+            # a newer attempt (this worker was taken for lost, and the bot queued again): the
+            # old one leaves without a final state, then the new one starts
+            log.info("bot %s: attempt %d replaces attempt %d", bot_id, job.attempt,
+                     running.job.attempt)  # fmt: skip
+            self._next[bot_id] = message
+            self.stop(bot_id, "handoff")
             return
         assert self._tasks is not None, "start() before run()"
         running = _Running(job)
@@ -180,7 +190,8 @@ class WorkerCore:
             if running.deadline is not None:
                 running.deadline.cancel()
             self.bots.pop(job.bot_id, None)
-            if not self.bots:
+            waiting = self._next.pop(job.bot_id, None)
+            if not self.bots and waiting is None:
                 self._idle.set()
             self.send(
                 {
@@ -191,6 +202,10 @@ class WorkerCore:
                     "handoff": running.stop_reason == ["handoff"],
                 }
             )
+            if waiting is not None and not self.draining:
+                self.start(waiting)
+            elif waiting is not None and not self.bots:
+                self._idle.set()
 
     async def _deadline(self, running: _Running) -> None:
         await asyncio.sleep(self.leave_timeout)

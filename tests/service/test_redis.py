@@ -16,6 +16,7 @@ from tests.agent.conftest import Meeting
 from tests.service.conftest import bot_request
 from tests.support.redis_server import RedisServer, WorkerProcess
 from tests.support.service import Client, ServiceProcess
+from tests.support.waiting import poll_until
 
 RECOVERY_TARGET_S = 15.0
 
@@ -128,3 +129,39 @@ async def test_bots_run_on_while_the_service_restarts(
         assert bot["reason"] == "requested"
     finally:
         await client.aclose()
+
+
+async def test_a_worker_only_taken_for_lost_lets_its_bots_go_and_runs_each_once(
+    redis_client: Client, workers: Callable[..., WorkerProcess], meeting: Meeting
+) -> None:
+    """A stalled worker (SIGSTOP for longer than the heartbeat's life) is taken for lost and its
+    bot queued again; when it comes back it drops the old attempt and runs the new one, lists
+    itself again, and a DELETE leaves no bot running anywhere."""
+    worker = workers("w1")
+    bot_id = (await redis_client.create(bot_request(meeting))).json()["id"]
+    await redis_client.wait_for(bot_id, in_meeting_on("w1"))
+    worker.process.send_signal(signal.SIGSTOP)
+    await redis_client.wait_for(bot_id, lambda b: b["attempt"] == 2 or b["state"] == "queued")
+    worker.process.send_signal(signal.SIGCONT)
+    bot = await redis_client.wait_for(
+        bot_id, lambda b: b["state"] == "in_meeting" and b["attempt"] == 2
+    )
+    assert ("queued", "worker_lost") in [(h["state"], h["reason"]) for h in bot["history"]]
+
+    async def running_on_w1() -> int | None:
+        metrics = (await redis_client.http.get("/metrics")).text
+        for line in metrics.splitlines():
+            if line.startswith('connvo_service_worker_bots{worker="w1"}'):
+                return int(float(line.split()[-1]))
+        return None  # not listed (yet)
+
+    async with asyncio.timeout(30):  # listed again, with one bot: the new attempt
+        await poll_until(lambda: _equals(running_on_w1(), 1))
+    assert (await redis_client.http.delete(f"/v1/bots/{bot_id}")).status_code == 202
+    await redis_client.wait_state(bot_id, "ended")
+    async with asyncio.timeout(30):
+        await poll_until(lambda: _equals(running_on_w1(), 0))
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return await value == expected
