@@ -108,3 +108,27 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+async def test_a_bot_whose_workers_keep_dying_fails_worker_lost(
+    service_factory: Callable[..., ServiceProcess], meeting: Meeting
+) -> None:
+    """Each time the bot is in its meeting its worker is killed: after the third lost worker
+    it is not run again, and ends `failed` with reason `worker_lost`."""
+    service = service_factory("--workers", "2", "--max-bots", "4")
+    client = Client(service.url)
+    try:
+        bot_id = (await client.create(bot_request(meeting))).json()["id"]
+        for attempt in (1, 2, 3):
+            bot = await client.wait_for(
+                bot_id, lambda b, n=attempt: b["state"] == "in_meeting" and b["attempt"] == n
+            )
+            os.kill(worker_pid(bot["worker"]), signal.SIGKILL)
+        bot = await client.wait_state(bot_id, "failed")
+        assert (
+            bot["reason"] == "worker_lost" and "3 workers were lost" in bot["history"][-1]["detail"]
+        )
+        lost = [h for h in bot["history"] if h["reason"] == "worker_lost"]
+        assert [h["state"] for h in lost] == ["queued", "queued", "failed"]
+    finally:
+        await client.aclose()
