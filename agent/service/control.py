@@ -49,7 +49,11 @@ class Dispatcher(Protocol):
         """Hand a `start` message to a worker: the worker's id; None if it was queued for any
         worker to take (Redis); False if no worker has room now (try again later)."""
 
-    def stop(self, worker: str | None, bot_id: str, reason: str) -> None: ...
+    def stop(
+        self, worker: str | None, bot_id: str, reason: str, attempt: int | None = None
+    ) -> None:
+        """Make the bot leave; with `attempt`, only if the worker runs that attempt or an older
+        one (a stop meant for an old attempt must not reach the new one)."""
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Each live worker's last heartbeat."""
@@ -243,7 +247,13 @@ class Controller:
                 key = (str(worker), row.id, message.get("attempt"))
                 if key not in self._let_go:
                     self._let_go.add(key)
-                    self.dispatcher.stop(str(worker), row.id, "handoff")
+                    attempt = message.get("attempt")
+                    self.dispatcher.stop(
+                        str(worker),
+                        row.id,
+                        "handoff",
+                        attempt if isinstance(attempt, int) else None,
+                    )
             return None
         return row
 
@@ -315,7 +325,7 @@ class Controller:
             row = self.store.get_row(bot_id)
             if row is None or row.final or row.worker not in (worker, None):
                 continue
-            self.dispatcher.stop(worker, bot_id, "handoff")
+            self.dispatcher.stop(worker, bot_id, "handoff", row.attempt)
             self._requeue(row, FailureReason.WORKER_LOST.value, f"worker {worker}: {why}")
         self._wake.set()
 

@@ -82,10 +82,13 @@ class LocalPool:
         self._send(worker, message)
         return worker.id
 
-    def stop(self, worker: str | None, bot_id: str, reason: str) -> None:
+    def stop(
+        self, worker: str | None, bot_id: str, reason: str, attempt: int | None = None
+    ) -> None:
         w = self._workers.get(worker or "")
         if w is not None and not w.lost:
-            self._send(w, {"type": "stop", "bot_id": bot_id, "reason": reason})
+            message = {"type": "stop", "bot_id": bot_id, "reason": reason, "attempt": attempt}
+            self._send(w, message)
 
     def workers(self) -> dict[str, dict[str, Any]]:
         # its bots as handed to it, not as of its last heartbeat (up to a second old)

@@ -121,8 +121,11 @@ class RedisDispatcher:
         self._writes.put_nowait(("lpush", QUEUE, json.dumps(message)))
         return None
 
-    def stop(self, worker: str | None, bot_id: str, reason: str) -> None:
-        stop = json.dumps({"type": "stop", "bot_id": bot_id, "reason": reason})
+    def stop(
+        self, worker: str | None, bot_id: str, reason: str, attempt: int | None = None
+    ) -> None:
+        message = {"type": "stop", "bot_id": bot_id, "reason": reason, "attempt": attempt}
+        stop = json.dumps(message)
         if worker:
             self._writes.put_nowait(("rpush", commands_key(worker), stop))
         else:
@@ -403,7 +406,9 @@ class RedisWorker:
                 continue
             message = json.loads(answer[1])
             if message.get("type") == "stop":
-                self.core.stop(str(message["bot_id"]), str(message["reason"]))
+                self.core.stop(
+                    str(message["bot_id"]), str(message["reason"]), message.get("attempt")
+                )
 
     async def _write(self) -> None:
         while True:

@@ -113,9 +113,12 @@ class WorkerCore:
         self._idle.clear()
         running.task = self._tasks.create_task(self._run(running), name=f"bot-{bot_id}")
 
-    def stop(self, bot_id: str, reason: str) -> None:
+    def stop(self, bot_id: str, reason: str, attempt: int | None = None) -> None:
+        """Make the bot leave; with `attempt`, only if what runs is that attempt or older."""
         running = self.bots.get(bot_id)
         if running is None or running.stop.is_set():
+            return
+        if attempt is not None and running.job.attempt > attempt:
             return
         running.stop_reason[:] = [reason]
         running.stop.set()
@@ -260,7 +263,9 @@ async def run_stdio_worker(max_bots: int, worker_id: str) -> int:
                 case "start":
                     core.start(message)
                 case "stop":
-                    core.stop(str(message["bot_id"]), str(message["reason"]))
+                    core.stop(
+                        str(message["bot_id"]), str(message["reason"]), message.get("attempt")
+                    )
         core.stop_all("handoff")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LEAVE_TIMEOUT_S):
