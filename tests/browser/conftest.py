@@ -11,10 +11,10 @@ Chromium is started with flags that keep it from any background networking.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,16 +104,12 @@ class Browser:
         of that backend function (the one fault injected: a slow response on demand)."""
         page = await self.call(self._browser.new_page)
         if hold_first is not None:
+            # Wrapped in the page, not a Playwright route: the sync API runs route handlers only
+            # while a Playwright call is in progress, so a request made while the test waited on
+            # something else stayed held until the next call (and the page never went on).
             function, seconds = hold_first
-            held: list[bool] = []
-
-            def hold(route: Any) -> None:
-                if not held:
-                    held.append(True)
-                    time.sleep(seconds)  # holds the browser's thread (all its pages) meanwhile
-                route.continue_()
-
-            await self.call(page.route, f"**/api/run/{function}", hold)
+            script = _HOLD_FIRST_SCRIPT % (json.dumps(f"/api/run/{function}"), 1000 * seconds)
+            await self.call(page.add_init_script, script)
         wrapped = Page(self, page, _PageCloser(page))
         await wrapped.goto(url)
         return wrapped
@@ -132,6 +128,20 @@ class Browser:
             # after a timeout the thread may still be stuck in Chromium: never wait on it
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._profile.cleanup()
+
+
+_HOLD_FIRST_SCRIPT = """(() => {
+  const realFetch = window.fetch.bind(window);
+  let held = false;
+  window.fetch = async (input, init) => {
+    const url = typeof input === 'string' ? input : input.url;
+    if (!held && url.endsWith(%s)) {
+      held = true;
+      await new Promise((resolve) => setTimeout(resolve, %d));
+    }
+    return realFetch(input, init);
+  };
+})();"""
 
 
 class _PageCloser:
