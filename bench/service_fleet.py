@@ -32,10 +32,10 @@ its connections: every bot of the `bot` rung, the recorders and transcribers of 
 bot was queued again for a lost worker, every bot ended `ended`/`requested`, no worker still ran
 a bot afterwards, and no heartbeat key ran out.
 
-Recovery (`--recovery-meetings` pairs of the `bot` rung, on two fresh workers of
-`--recovery-max-bots` each): once all are in_meeting and connected, SIGKILL the worker running
-more bots; time until every bot it ran is in_meeting again (on the other worker). Split per bot,
-from the history: detection (kill -> `queued`, reason `worker_lost`: the worker's heartbeat key
+Recovery (`--recovery-meetings` pairs of the `bot` rung, on `--recovery-workers` fresh workers
+(two) of `--recovery-max-bots` each): once all are in_meeting and connected, SIGKILL the worker
+running the most bots; time until every bot it ran is in_meeting again (on the others). Split per
+bot, from the history: detection (kill -> `queued`, reason `worker_lost`: the worker's heartbeat key
 expires after 5 s, the service looks every second), dispatch (`queued` -> `joining`), rejoin
 (`joining` -> `in_meeting`). Target <= 15 s (PASS/FAIL). Then the time until every moved bot has
 a connection up again.
@@ -43,7 +43,7 @@ a connection up again.
     scripts/isolated .venv/bin/python bench/service_fleet.py [--rungs bot recorder transcriber]
         [--meetings 50] [--recorder-meetings 10 20 30 50] [--transcriber-meetings 2 4 6]
         [--rate 3] [--hold 20] [--max-bots 60] [--recovery-meetings 20]
-        [--recovery-max-bots 60] [--json FILE]
+        [--recovery-max-bots 60] [--recovery-workers 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Fleet:
     async def start_workers(self, max_bots: int, count: int = 2) -> None:
         self._generation += 1
         for i in range(count):
-            name = f"w{self._generation}{'ab'[i]}"
+            name = f"w{self._generation}{'abcdefgh'[i]}"
             self.workers[name] = WorkerProcess(
                 self.redis_url, name, self.workdir / "workers", max_bots=max_bots
             )
@@ -717,11 +717,16 @@ async def main() -> int:
     parser.add_argument("--recovery-meetings", type=int, default=20, help="0: no recovery")
     parser.add_argument("--recovery-max-bots", type=int, default=60, help="per worker")
     parser.add_argument(
+        "--recovery-workers", type=int, default=2, help="workers before the kill (at least 2)"
+    )
+    parser.add_argument(
         "--deadline", type=float, default=1800.0, help="seconds: the whole run, at most"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs under this directory")
     args = parser.parse_args()
+    if not 2 <= args.recovery_workers <= 8:
+        parser.error("--recovery-workers: 2 to 8 (one is killed, the others take its bots)")
     meetings = {
         "bot": args.meetings,
         "recorder": args.recorder_meetings,
@@ -745,7 +750,7 @@ async def main() -> int:
                     for count in meetings[role]:
                         rows.append(await run_rung(fleet, role, count, args))
                 if args.recovery_meetings:
-                    await fleet.start_workers(args.recovery_max_bots)
+                    await fleet.start_workers(args.recovery_max_bots, args.recovery_workers)
                     recovery = await run_recovery(fleet, args.recovery_meetings, args.rate)
         finally:
             await fleet.close()
