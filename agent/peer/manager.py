@@ -305,10 +305,19 @@ class SessionManager:
                 self._tasks.create_task(self._drop_orphan(session))
         if self.settings.call_everyone:
             wanted = self.settings.call_filter or (lambda remote: True)
+            listed = {a.sessionId: a for a in others}
             for remote in _newest_per_user([a for a in others if wanted(a)]):
-                known = {s.remote_user_id for s in self.sessions.values()}
-                if remote.userId not in known and self._may_call(remote, now):
-                    self.call(remote.sessionId, remote.userId)
+                mine = [s for s in self.sessions.values() if s.remote_user_id == remote.userId]
+                if mine and not _superseded(mine, remote, listed):
+                    continue
+                if self._may_call(remote, now):
+                    if mine:
+                        log.info(
+                            "user %s has a newer session %s; calling it instead",
+                            remote.userId,
+                            remote.sessionId,
+                        )
+                    self._replace_older_sessions(self.call(remote.sessionId, remote.userId))
         return changed
 
     def _may_call(self, remote: ActiveSession, now: float) -> bool:
@@ -393,6 +402,25 @@ class SessionManager:
                 )
                 self._reported = key
             last_sent = time.monotonic()
+
+
+def _superseded(
+    mine: list[PeerSession], newest: ActiveSession, listed: dict[str, ActiveSession]
+) -> bool:
+    """Whether the sessions with a user should give way to the user's newest listed session.
+
+    A client that crashed and came back (a killed browser tab reopened, a bot moved to another
+    worker) leaves its old row listed forever, and its new session may wait to be called: so
+    while no connection to the user is up, a newer session of the user is called instead. A
+    connection that is up is kept, so two live sessions of one user never take turns.
+    """
+    for session in mine:
+        if session.remote_session_id == newest.sessionId or session.state is PeerState.CONNECTED:
+            return False
+        row = listed.get(session.remote_session_id)
+        if row is not None and row.createdAt >= newest.createdAt:
+            return False
+    return True
 
 
 def _newest_per_user(sessions: list[ActiveSession]) -> list[ActiveSession]:

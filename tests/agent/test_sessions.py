@@ -166,6 +166,30 @@ async def test_agent_restarts_ice_when_media_stops(meeting: Meeting, agent_facto
         assert alice.offers_received >= 1  # the restart came from the agent
 
 
+async def test_a_user_back_after_a_crash_is_called_on_the_new_session(
+    meeting: Meeting, agent_factory
+) -> None:
+    """A remote that only answers crashes (its row stays listed: the backend never expires it)
+    and comes back with a new session: the agent calls the new one as soon as its connection to
+    the old one is down, without waiting for its ICE restarts to run out."""
+    agent = await agent_factory(
+        meeting, call_everyone=True, discovery_interval=0.3, media_timeout=1.0
+    )
+    async with meeting.peer("alice") as alice:
+        await media_both_ways(agent, alice)
+        old = agent.session(alice.session_id)
+        await alice.crash()
+    async with meeting.peer("alice") as again:
+        # far inside the ICE restarts' bound (3 x session_timeout, 30 s each)
+        async with asyncio.timeout(TIMEOUT):
+            await again.connected.wait()
+            await old.closed.wait()
+            await agent.frames_event(again.session_id, "audio").wait()
+        assert again.offers_received == 1
+        assert old.close_reason == "replaced by a newer session"
+        assert [s.remote_session_id for s in agent.manager.sessions.values()] == [again.session_id]
+
+
 async def test_mesh_of_three_peers(meeting: Meeting, agent_factory) -> None:
     agent = await agent_factory(meeting)
     async with (
