@@ -10,6 +10,9 @@ Rules (see the README, "How the agent negotiates"):
 - with call_everyone, a listed session that never answers is called at most MAX_CALL_TRIES times,
   with growing pauses, then left alone until it signals or its row at the backend changes: the
   backend never expires the row of a client that crashed;
+- with call_everyone, while no connection to a user is up, the user's newest listed session is
+  called in place of an older one (a crashed client that came back with a session that waits);
+- discovery runs again soon after a connection goes down, whatever its pace was;
 - the agent's own session row at the backend reports the aggregate state of its connections.
 """
 
@@ -109,6 +112,8 @@ class SessionManager:
         # counts as a change (discovery runs again 1 s after joining, whoever is there)
         self._seen_active: set[str] | None = None
         self._calls: dict[str, _CallRecord] = {}  # remote session id -> unanswered calls
+        # set when a connection goes down: its remote may have left, or come back as a new session
+        self._discovery_wake = asyncio.Event()
         self._negotiation_gate = asyncio.Semaphore(settings.concurrent_negotiations)
         self._tasks: asyncio.TaskGroup | None = None
         self._report_wake = asyncio.Event()
@@ -138,6 +143,8 @@ class SessionManager:
     def state_changed(self, session: PeerSession) -> None:
         if session.state is PeerState.CONNECTED:
             self._calls.pop(session.remote_session_id, None)
+        if session.state is PeerState.DISCONNECTED:
+            self._discovery_wake.set()
         if session.state is PeerState.CLOSED:
             self._closed[session.remote_session_id] = time.monotonic()
             self._closed_wall[session.remote_session_id] = time.time()
@@ -272,7 +279,13 @@ class SessionManager:
                 changed = await self.discover_once()
             self._forget_old_closed()
             interval = first if changed else min(2 * interval, longest)
-            await asyncio.sleep(interval)
+            waited_from = time.monotonic()
+            if await wait_event(self._discovery_wake, interval):
+                # A connection went down: look again soon, not at the stable meeting's pace
+                # (its remote may have crashed and rejoined), yet never more often than `first`.
+                interval = first
+                await asyncio.sleep(max(0.0, first - (time.monotonic() - waited_from)))
+            self._discovery_wake.clear()
 
     async def discover_once(self) -> bool:
         """Close sessions whose remote went away; with call_everyone, call whoever is new.

@@ -443,7 +443,9 @@ class PeerSession:
         self.hooks.kick()
 
     def _begin_negotiation(self) -> None:
-        if self.negotiation_started_at is None:
+        if self.negotiation_started_at is None or self.state is PeerState.DISCONNECTED:
+            # a renegotiation of a connection that went down (e.g. the remote's ICE restart)
+            # gets the whole session timeout, counted from now
             self.negotiation_started_at = time.monotonic()
         if self.state in (PeerState.NEW, PeerState.DISCONNECTED):
             self._set_state(PeerState.NEGOTIATING, "negotiation started")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -188,6 +189,36 @@ async def test_a_user_back_after_a_crash_is_called_on_the_new_session(
         assert again.offers_received == 1
         assert old.close_reason == "replaced by a newer session"
         assert [s.remote_session_id for s in agent.manager.sessions.values()] == [again.session_id]
+
+
+async def test_a_restart_offer_to_a_session_down_for_long_gets_the_whole_timeout(
+    meeting: Meeting, agent_factory
+) -> None:
+    """The connection went down longer ago than the session timeout, then the remote restarts
+    ICE: the agent negotiates with the whole timeout ahead of it, not the first negotiation's."""
+    agent = await agent_factory(
+        meeting, media_timeout=1.0, ice_restart_after=60.0, session_timeout=3.0
+    )
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        first_started = session.negotiation_started_at
+        await alice._close_pc()  # the remote's connection vanishes; it keeps signalling
+        async with asyncio.timeout(TIMEOUT):
+            await session.wait_state(PeerState.DISCONNECTED)
+
+        async def past_the_first_timeout() -> bool:
+            return time.monotonic() - first_started > 3.0
+
+        async with asyncio.timeout(TIMEOUT):
+            await poll_until(past_the_first_timeout)
+        session.connected.clear()
+        await alice.offer(meeting.users["bot"], restart=True)
+        async with asyncio.timeout(TIMEOUT):
+            await session.connected.wait()
+        assert session.state is PeerState.CONNECTED
+        assert session.negotiation_started_at > first_started
 
 
 async def test_mesh_of_three_peers(meeting: Meeting, agent_factory) -> None:
