@@ -583,17 +583,26 @@ async def run_recovery(fleet: Fleet, meetings: int, rate: float) -> dict[str, An
     row["pass"] = row["all_back_s"] is not None and row["all_back_s"] <= RECOVERY_TARGET_S
     # media again: a moved bot announces no second media_connected; its connections say (each
     # one is new: the bot runs in a new process, and a connection is up both ways or not at all)
+    # split by the moved bot's part in its pair: a caller calls its partner again at once, a
+    # partner waits for its caller to call its new session
+    callers = set(ids[len(pairs) :])
     deadline = time.monotonic() + MEDIA_BACK_TIMEOUT_S
     row["media_back_s"] = None
+    media_back: dict[str, float] = {}
     while time.monotonic() < deadline:
         moved_now = await fleet.bots(moved)
-        if all(any(c["state"] == "connected" for c in b["connections"]) for b in moved_now):
-            row["media_back_s"] = time.time() - killed_at
+        for b in moved_now:
+            if b["id"] not in media_back and any(
+                c["state"] == "connected" for c in b["connections"]
+            ):
+                media_back[b["id"]] = time.time() - killed_at
+        if len(media_back) == len(moved):
+            row["media_back_s"] = max(media_back.values())
             break
         await asyncio.sleep(0.5)
-    row["media_back"] = sum(
-        any(c["state"] == "connected" for c in b["connections"]) for b in moved_now
-    )
+    row["media_back"] = len(media_back)
+    row["media_back_callers_s"] = split([t for b, t in media_back.items() if b in callers])
+    row["media_back_partners_s"] = split([t for b, t in media_back.items() if b not in callers])
     ended = await fleet.delete_all(ids)
     ended["still_running"] = sum((await fleet.idle()).values())
     row["end"] = ended
@@ -695,6 +704,10 @@ def print_recovery(r: dict[str, Any]) -> None:
         f"{secs(r['media_back_s'])} after the kill; end: {r['end']['ended_requested']}/"
         f"{r['bots']} ended/requested"
     )
+    for key, label in (("media_back_callers_s", "callers"), ("media_back_partners_s", "partners")):
+        if key in r:
+            p50, top = secs(r[key]["p50"]), secs(r[key]["max"])
+            print(f"  media back, moved {label:<21} p50 {p50}, max {top}")
 
 
 async def main() -> int:
