@@ -569,7 +569,7 @@ async def run_recovery(fleet: Fleet, meetings: int, rate: float) -> dict[str, An
         total.append(in_meeting - killed_at)
     row["back"] = len(total)
     row["not_back"] = not_back
-    row["workers_after"] = sorted({b["worker"] for b in bots})
+    row["workers_after"] = sorted({b["worker"] for b in bots if b["worker"] is not None})
 
     def split(values: list[float]) -> dict[str, float | None]:
         return {"p50": percentile(values, 50), "max": max(values) if values else None}
