@@ -17,7 +17,14 @@ Modes, measured side by side:
   decoding, as the baseline of what the media stack alone costs.
 Also: idle memory per connected session (`--media none`, RSS growth / sessions).
 
-    python bench/load_capacity.py [--ladder 10 20 40 ...] [--hold 8]
+With `--network PROFILE` (docs/network.md) the load runs put each pair's two participants on the
+two sides of an impaired link (`connvo-agent load --network`): one worker per side, both pinned to
+the measured core (the link's relay is not), and a participant is held while it receives at least
+95 % of what the profile's loss leaves. The aiortc pairs share one process and stay on loopback:
+they are not run with `--network`. Under a capped profile the link, not the core, may end the
+ladder (each audio stream needs about 50 kbit/s of the cap).
+
+    python bench/load_capacity.py [--ladder 10 20 40 ...] [--hold 8] [--network PROFILE]
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.devserver.process import DevServerProcess  # noqa: E402
+from agent.network import PROFILE_NAMES, parse_profile  # noqa: E402
 from agent.roles.load.report import slow_lag_pct  # noqa: E402
 
 PACKETS_PER_S = 50  # 20 ms Opus frames
@@ -76,6 +84,10 @@ class _WorkerPinning:
             os.sched_setaffinity(self._command_pid, others)
         while not self._stop.wait(0.2):
             for pid in _children(self._command_pid):
+                if _is_relay(pid):  # --network: the link's relay is the network, not the agent
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(pid, others)
+                    continue
                 for tid in _threads(pid):
                     with contextlib.suppress(OSError):
                         os.sched_setaffinity(tid, {MEASURED_CPU})
@@ -93,6 +105,12 @@ def _children(pid: int) -> list[int]:
     return []
 
 
+def _is_relay(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"agent.network._relay" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
 def _threads(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -104,7 +122,12 @@ def _can_pin() -> bool:
 
 
 def run_agent_step(
-    server: DevServerProcess, media: str, participants: int, hold: float, workdir: Path
+    server: DevServerProcess,
+    media: str,
+    participants: int,
+    hold: float,
+    workdir: Path,
+    network: str | None = None,
 ) -> dict[str, Any]:
     """One rung: `participants` agents in one worker; the hold starts once all are connected.
 
@@ -134,8 +157,7 @@ def run_agent_step(
         media,
         "--procs",
         "1",
-        "--ice-host",
-        "127.0.0.1",
+        *(("--network", network) if network else ("--ice-host", "127.0.0.1")),
         "--report",
         str(report_dir),
     ]
@@ -162,10 +184,12 @@ def run_agent_step(
     slow_pct = slow_lag_pct(hold_rows)  # the report's own figure, over the hold's rows
     lag_ok = slow_pct is not None and slow_pct < 100 * SLOW_LAG_SHARE
     rss = [r["rss_mb"] for r in timeline]
+    # what the profile's loss leaves to arrive (its mean loss; bursts count the same)
+    loss = parse_profile(network).a_to_b.loss if network else 0.0
     return {
         "ok": len(hold_rows) >= hold - 1
         and connected == expected
-        and (media == "none" or arrival >= MIN_ARRIVAL)
+        and (media == "none" or arrival >= MIN_ARRIVAL * (1 - loss))
         and lag_ok,
         "all_connected_at_s": all_in,
         "connected": f"{connected}/{expected}",
@@ -292,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=8.0, help="seconds measured per step")
     parser.add_argument("--modes", nargs="+", default=["preencoded", "full", "aiortc"])
     parser.add_argument("--memory-sessions", type=int, default=100)
+    parser.add_argument(
+        "--network",
+        choices=PROFILE_NAMES,
+        default=None,
+        help="run the load steps across an impaired link with this profile (docs/network.md)",
+    )
     args = parser.parse_args(argv)
     if any(n % 2 for n in args.ladder):
         parser.error("--ladder: participants come in pairs, so every rung must be even")
@@ -307,12 +337,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("# fewer than 2 CPUs: steps are not pinned (per process)", file=sys.stderr)
         for mode in args.modes:
+            if mode == "aiortc" and args.network:
+                print(
+                    "# aiortc pairs: not run with --network (one process, loopback)",
+                    file=sys.stderr,
+                )
+                continue
             capacity[mode] = 0
             for participants in args.ladder:
                 if mode == "aiortc":
                     step = run_aiortc_step(participants, args.hold)
                 else:
-                    step = run_agent_step(server, mode, participants, args.hold, Path(tmp))
+                    step = run_agent_step(
+                        server, mode, participants, args.hold, Path(tmp), args.network
+                    )
                 print(
                     f"# {mode:<10} {participants:>4} participants: {json.dumps(step)}",
                     file=sys.stderr,
@@ -321,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not step["ok"]:
                     break
                 capacity[mode] = participants
-        idle = run_agent_step(server, "none", args.memory_sessions, args.hold, Path(tmp))
+        idle = run_agent_step(
+            server, "none", args.memory_sessions, args.hold, Path(tmp), args.network
+        )
+    if args.network:
+        print(f"network profile: {args.network} ({parse_profile(args.network).describe()})")
     print(f"{'mode':<12}{'participants per core':>24}")
     for mode, held in capacity.items():
         print(f"{mode:<12}{held:>24}")

@@ -70,6 +70,14 @@ from agent.cli.loop import run_async
     help="Gather host candidates only on this local address (repeatable).",
 )
 @click.option("--connect-timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--network",
+    metavar="PROFILE",
+    default=None,
+    help="Put the participants on the two sides of an impaired link with this profile (good, "
+    "wifi, mobile, bad; docs/network.md). Needs root over a user namespace; the URL must name "
+    "an IPv4 address or localhost.",
+)
 def load_command(
     url: str,
     meetings: int,
@@ -85,6 +93,7 @@ def load_command(
     report_dir: Path,
     ice_host_addresses: tuple[str, ...],
     connect_timeout: float,
+    network: str | None,
 ) -> int:
     """Simulate participants: real identities, signalling, ICE, DTLS and SRTP."""
     from agent.extras import require
@@ -112,6 +121,7 @@ def load_command(
             shard=Shard.parse(shard),
             ice_host_addresses=ice_host_addresses,
             connect_timeout=connect_timeout,
+            network=network,
         )
     except PlanError as exc:
         raise click.ClickException(str(exc)) from None
@@ -125,6 +135,18 @@ def load_command(
             f"p50 {s['time_to_connected_s']['p50']} s p95 {s['time_to_connected_s']['p95']} s, "
             f"loss {s['packet_loss_pct']} %, loop lag p99 {s['loop_lag_p99_ms_max']:.0f} ms"
         )
+        if "network" in report:
+            n = report["network"]
+            lanes = ", ".join(
+                f"{lane} {n['link'][lane]['sent']} sent {n['link'][lane]['lost']} lost "
+                f"{n['link'][lane]['capped']} capped"
+                for lane in ("a_to_b", "b_to_a")
+            )
+            crossing = n["connections_crossing"]
+            click.echo(
+                f"network {n['profile']}: {crossing['crossing']}/{crossing['total']} connections "
+                f"across the link; {lanes}"
+            )
         for path in paths:
             click.echo(f"wrote {path}")
         return 0

@@ -4,6 +4,7 @@ whose directions lose, delay, reorder and cap packets as a named profile says (d
 A leaf: it imports no other agent module, so any layer, test or benchmark can use it.
 """
 
+from agent.network.forward import TcpForwarder
 from agent.network.link import (
     LANES,
     ImpairedLink,
@@ -36,6 +37,7 @@ __all__ = [
     "Profile",
     "Side",
     "SideName",
+    "TcpForwarder",
     "UnknownProfileError",
     "parse_profile",
 ]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from agent.network import PROFILE_NAMES, UnknownProfileError, parse_profile
 
 Topology = Literal["mesh", "star"]
 MediaMode = Literal["full", "preencoded", "none"]
+LinkSide = Literal["a", "b"]
 
 
 class PlanError(ValueError):
@@ -50,6 +55,8 @@ class LoadPlan:
     shard: Shard = field(default_factory=Shard)
     ice_host_addresses: tuple[str, ...] = ()
     connect_timeout: float = 30.0
+    # a profile of agent.network: participants on the two sides of an ImpairedLink
+    network: str | None = None
 
     def __post_init__(self) -> None:
         if self.meetings < 1 or self.peers_per_meeting < 2:
@@ -63,6 +70,22 @@ class LoadPlan:
                 "identities: give --tokens FILE, or the dev backend's admin key "
                 "(--admin-key or CONNVO_DEVSERVER_ADMIN_KEY) to create them"
             )
+        if self.network is not None:
+            try:
+                parse_profile(self.network)
+            except UnknownProfileError:
+                raise PlanError(
+                    f"--network: unknown profile {self.network!r}; "
+                    f"choose one of {', '.join(PROFILE_NAMES)}"
+                ) from None
+            if self.ice_host_addresses:
+                raise PlanError("--network gathers ICE on each side's address: drop --ice-host")
+            backend_address(self.url)
+
+    @property
+    def workers_per_side(self) -> tuple[int, int]:
+        """With --network: worker processes on side A and on side B (at least one each)."""
+        return max(1, (self.procs + 1) // 2), max(1, self.procs // 2)
 
     @property
     def participants(self) -> int:
@@ -88,6 +111,39 @@ class Identity:
     meeting_id: str = ""
     hub: bool = False  # star topology: the participant everyone else calls
     hub_user_id: str | None = None  # star topology: whom this participant calls
+    side: LinkSide | None = None  # --network: the side of the link it runs on
 
     def __repr__(self) -> str:  # never show the token
         return f"Identity({self.name}, user={self.user_id}, meeting={self.meeting_id})"
+
+
+def link_side(position: int, topology: Topology) -> LinkSide:
+    """The side of the link of a meeting's `position`-th participant (0: its host).
+
+    Star: the hub on side A, everyone else on side B, so every connection crosses the link.
+    Mesh: alternately A and B, so a connection crosses it when its two ends differ in parity
+    (all of them in meetings of two).
+    """
+    if topology == "star":
+        return "a" if position == 0 else "b"
+    return "a" if position % 2 == 0 else "b"
+
+
+def backend_address(url: str) -> tuple[str, int]:
+    """The IPv4 address and port of a backend URL that a side of the link can be given (a
+    forwarder listens there inside each side): an IP literal or localhost, http only."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise PlanError(
+            f"--network: the backend URL must name an IPv4 address or localhost, not {host!r} "
+            "(the link's sides cannot resolve names)"
+        ) from None
+    if parts.scheme != "http" or not isinstance(ip, ipaddress.IPv4Address):
+        raise PlanError(f"--network: needs an http:// URL with an IPv4 address, not {url!r}")
+    return host, port

@@ -4,6 +4,7 @@ Tokens come from `--tokens FILE` (one per line; a line may be `name<TAB>token`) 
 backend, from its `/admin/tokens` endpoint. Meetings are created by their first participant with
 createMeeting, filled with addParticipant and started with startMeeting, as a real host would.
 Shards use distinct names (`load-s{I}-m{M}-p{P}`), so shards never share identities or meetings.
+With `--network`, each participant is given its side of the link (`plan.link_side`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from agent.convex import ConvexClient, TokenSource
-from agent.roles.load.plan import Identity, LoadPlan, PlanError
+from agent.roles.load.plan import Identity, LoadPlan, PlanError, link_side
 from agent.signaling.api import ConnvoApi
 
 
@@ -90,6 +91,7 @@ async def provision(plan: LoadPlan, http: httpx.AsyncClient) -> list[Identity]:
                     meeting_id=meeting_id,
                     hub=(plan.topology == "star" and k == 0),
                     hub_user_id=users[base].id if plan.topology == "star" else None,
+                    side=link_side(k, plan.topology) if plan.network else None,
                 )
             )
     return identities
