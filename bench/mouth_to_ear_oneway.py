@@ -74,6 +74,8 @@ class Direction:
     max_ms: float | None = None
     jitter_buffer_p50_ms: float | None = None
     jitter_buffer_p95_ms: float | None = None
+    jitter_buffer_min_ms: float | None = None
+    jitter_buffer_max_ms: float | None = None
     over_jitter_buffer_p50_ms: float | None = None  # p50 - the jitter buffer's p50
     latencies_ms: list[float] = field(default_factory=list)
     detector_us_per_frame: float | None = None
@@ -170,6 +172,9 @@ def figures(profile: str, direction: str, side: Side, lost: float | None) -> Dir
     if side.watch is not None:
         row.jitter_buffer_p50_ms = side.watch.histogram.percentile(0.5)
         row.jitter_buffer_p95_ms = side.watch.histogram.percentile(0.95)
+        if side.watch.histogram.count:
+            row.jitter_buffer_min_ms = side.watch.histogram.min_ms
+            row.jitter_buffer_max_ms = side.watch.histogram.max_ms
     if row.p50_ms is not None and row.jitter_buffer_p50_ms is not None:
         row.over_jitter_buffer_p50_ms = row.p50_ms - row.jitter_buffer_p50_ms
     if detector.frames:
