@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -40,8 +39,7 @@ BURST_S = 1.0  # 50 % loss both ways, on top of the profile
 BURST_LOSS = 0.5
 RECOVER_S = 4.0  # video frames must be arriving again within this after the burst
 AUDIO_FPS = 50  # 20 ms Opus frames
-AUDIO_SPACING_MS = 20.0
-AUDIO_MARGIN = 0.12  # of real time, for the draw of a 2 s hold
+AUDIO_FLOOR = {"good": 0.9, "wifi": 0.65, "mobile": 0.45, "bad": 0.2}  # of real time, see below
 STUCK_PACKETS = 100  # a video jitter buffer holding this many waits for a hole
 # The bounds no buffer may pass: aiortc's own capacities (jitter buffers 16 and 512 packets, RTP
 # history and NACK window 128), and for the unbounded queues (decoder, track, ICE receive queue,
@@ -145,7 +143,6 @@ async def test_a_call_under_the_profile(
         backend_in_both_sides(link, backend.url),
     ):
         nominal = {lane: link.impairment(lane) for lane in LANES}
-        loss = nominal["a_to_b"].loss
         process = await link.b.python(
             PEER, "connvo", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
@@ -252,14 +249,13 @@ async def test_a_call_under_the_profile(
 
     # The call was up to the end, both ways.
     assert after["state"] == "connected" and agent.state == "connected", message
-    # Audio keeps playing: no long silence, and at least the frames that aiortc's audio jitter
-    # buffer lets through (docs/network.md: once it is full, a lost packet costs two frames and a
-    # packet overtaken by the next one costs one), at most real time.
-    nominal_lane = nominal["a_to_b"]
-    swapped = 0.5 * math.erfc(AUDIO_SPACING_MS / (2 * nominal_lane.jitter_ms or 1e-9))
-    least = AUDIO_FPS * max(0.0, 1 - 2 * loss - swapped - AUDIO_MARGIN)
+    # Audio keeps playing: no long silence, at most real time, and at least the share of it that
+    # aiortc's audio jitter buffer releases under the profile (docs/network.md: it drops the four
+    # frames queued ahead of each loss). Replaying 30 000 packets drawn by each profile's model
+    # through aiortc's JitterBuffer, the lowest 2 s window released 100, 74, 55 and 23 % (good,
+    # wifi, mobile, bad): the floors sit under those.
     for end in ("agent", "peer"):
-        assert least <= heard[end] <= AUDIO_FPS * 1.1, message
+        assert AUDIO_FPS * AUDIO_FLOOR[profile] <= heard[end] <= AUDIO_FPS * 1.1, message
         assert gaps[end] < 1.0, message
     # Loss was answered with retransmissions: receivers asked, senders were asked, RTX arrived.
     for mine, theirs, rtx in (
