@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -46,9 +47,10 @@ from agent.peer.ice import (
     sanitize_sdp,
 )
 from agent.peer.receiving import count_only
+from agent.peer.session_quality import IntervalQuality, QualityTracker, SessionQuality
 from agent.peer.states import PeerState as PeerState  # re-exported: its old home
 from agent.peer.states import allowed
-from agent.peer.stats import SessionStats, read_stats
+from agent.peer.stats import SessionStats, apply_stats
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import IceCandidate, SessionDescription, Signal
 
@@ -83,6 +85,14 @@ class SessionSettings:
     gather_timeout: float = DEFAULT_GATHER_TIMEOUT_S
     # False: received media is counted (getStats) but not decoded; remote tracks yield nothing
     decode_media: bool = True
+    # Seconds between two quality measurements of a connection (docs/quality.md); each is taken
+    # at the liveness check due then, from the getStats reading it makes anyway
+    quality_interval: float = 5.0
+    # Called with each quality measurement of each session (also the last, at its close)
+    quality_observer: QualityObserver | None = field(default=None, repr=False, compare=False)
+
+
+QualityObserver = Callable[["PeerSession", IntervalQuality], None]
 
 
 class SessionHooks(Protocol):
@@ -171,6 +181,10 @@ class PeerSession:
         self._disconnected_since: float | None = None
         self._restarts_in_row = 0
         self._answered_at: float | None = None  # our last answer, while not connected
+        self._quality = QualityTracker()
+        self._quality_due_at = math.inf  # the next measurement, once connected
+        # one getStats at a time: a measurement's interval runs from the reading before it
+        self._stats_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"PeerSession({self.remote_user_id}/{self.remote_session_id}, {self.state})"
@@ -205,6 +219,25 @@ class PeerSession:
         """Return once the session is in one of `states` (wrap in asyncio.timeout)."""
         while self.state not in states:
             await self._state_event.wait()
+
+    @property
+    def quality(self) -> SessionQuality:
+        """The connection's quality: recent intervals and whole-connection totals (a copy)."""
+        return self._quality.view()
+
+    @property
+    def latest_quality(self) -> IntervalQuality | None:
+        """The last interval measured (cheaper than `quality` for frequent readers)."""
+        return self._quality.latest
+
+    async def measure_quality(self) -> IntervalQuality | None:
+        """Measure now, closing a (shorter) interval; None unless connected."""
+        pc = self.pc
+        if pc is None or self.state is not PeerState.CONNECTED:
+            return None
+        if await self._read_stats(pc, measure=True) is None:
+            return None
+        return self._quality.latest
 
     @property
     def negotiating(self) -> bool:
@@ -474,6 +507,8 @@ class PeerSession:
         if not self.settings.decode_media:
             count_only(pc)
         self.pc = pc
+        self._quality.new_connection()
+        self._quality_due_at = math.inf
         self._remote_sdp = None
         self._remote_ufrags = ()
         self._seen_candidates.clear()
@@ -488,6 +523,8 @@ class PeerSession:
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "video" and self.settings.decode_media:
+                self._quality.watch_video(track)  # frames and freezes, as they arrive
             consumer = self.hooks.on_track(self, track)
             if consumer is not None and self._tasks is not None:
                 task = self._tasks.create_task(_quietly(consumer), name=f"track-{track.kind}")
@@ -533,6 +570,8 @@ class PeerSession:
             self._restarts_in_row = 0
             self._answered_at = None
             self._last_rx_at = now
+            if self._quality_due_at == math.inf:  # the first interval of this connection
+                self._quality_due_at = now + self.settings.quality_interval
             if self._set_state(PeerState.CONNECTED, "connection connected"):
                 self.connected.set()
         elif state == "failed" and self.state is PeerState.CONNECTED:
@@ -626,13 +665,45 @@ class PeerSession:
         pc = self.pc
         if pc is None:
             return
-        received = await read_stats(pc, self.stats)
+        # Due within half a tick: measured every quality_interval, on the tick nearest it.
+        due = now >= self._quality_due_at - self.settings.liveness_interval / 2
+        received = await self._read_stats(pc, measure=due)
+        if received is None:
+            return
         if received > self._last_rx:
             self._last_rx = received
             self._last_rx_at = now
         elif now - self._last_rx_at >= self.settings.media_timeout:
             log.info("%s: no packets for %.1f s, disconnected", self, now - self._last_rx_at)
             self._mark_disconnected("no packets")
+
+    async def _read_stats(
+        self, pc: RTCPeerConnection, *, measure: bool, final: bool = False
+    ) -> int | None:
+        """One getStats reading: the packet counts, and a quality measurement if `measure`.
+
+        Returns the transport's packets received (liveness); None when the connection was
+        replaced while reading (`final`: the session's last reading, of a connection it has
+        already let go).
+        """
+        async with self._stats_lock:
+            report = await pc.getStats()
+            if pc is not self.pc and not final:
+                return None
+            received = apply_stats(report, self.stats)
+            if not measure:
+                return received
+            now = time.monotonic()  # with the report: frames counted until it are in
+            since = self.connected_at if self.connected_at is not None else now
+            interval = self._quality.measure(report, now, since)
+            self._quality_due_at = now + self.settings.quality_interval
+        observer = self.settings.quality_observer
+        if observer is not None:
+            try:
+                observer(self, interval)
+            except Exception:  # a report's bug must not stop the liveness checks
+                log.exception("%s: quality observer %r failed", self, observer)
+        return received
 
     def _fail(self, reason: str) -> None:
         log.info("%s: failed: %s", self, reason)
@@ -649,7 +720,7 @@ class PeerSession:
                 # the final figures, for reports; never holding up a shutdown
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(FINAL_STATS_TIMEOUT_S):
-                        await read_stats(pc, self.stats)
+                        await self._read_stats(pc, measure=True, final=True)
             with contextlib.suppress(Exception):
                 await pc.close()
         self.connected.clear()

@@ -1,8 +1,10 @@
-"""What a session knows of its connection's quality, read from aiortc's getStats."""
+"""What a session knows of its connection's packets, read from aiortc's getStats."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import RTCPeerConnection
 
@@ -18,24 +20,30 @@ class SessionStats:
     replaced_connections: int = 0
 
 
-async def read_stats(pc: RTCPeerConnection, stats: SessionStats) -> int:
-    """Update `stats` from getStats; returns the transport's packets received (liveness)."""
+def apply_stats(report: Mapping[str, Any], stats: SessionStats) -> int:
+    """Update `stats` from one getStats report; returns the transport's packets received
+    (liveness)."""
     received = lost = rtp = 0
     jitters = []
-    for report in (await pc.getStats()).values():
-        kind = getattr(report, "type", "")
+    for entry in report.values():
+        kind = getattr(entry, "type", "")
         if kind == "transport":
-            received += report.packetsReceived
+            received += entry.packetsReceived
         elif kind == "remote-inbound-rtp":
-            stats.rtt = report.roundTripTime
+            stats.rtt = entry.roundTripTime
         elif kind == "inbound-rtp":
-            lost += report.packetsLost
-            rtp += report.packetsReceived
+            lost += entry.packetsLost
+            rtp += entry.packetsReceived
             # aiortc reports jitter in RTP timestamp units: 48 kHz audio, 90 kHz video
-            jitters.append(report.jitter / (90_000 if report.kind == "video" else 48_000))
+            jitters.append(entry.jitter / (90_000 if entry.kind == "video" else 48_000))
     stats.packets_lost = lost
     stats.rtp_received = rtp
     if jitters:
         stats.jitter = max(jitters)
     stats.packets_received = received
     return received
+
+
+async def read_stats(pc: RTCPeerConnection, stats: SessionStats) -> int:
+    """Update `stats` from a fresh getStats; returns the transport's packets received."""
+    return apply_stats(await pc.getStats(), stats)
