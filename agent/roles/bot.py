@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import AgentSettings
@@ -11,6 +13,8 @@ from agent.media import MediaSources, ReceivedMedia
 from agent.meeting import ConnectionStateChanged, Event, Meeting, RemoteParticipant, TrackAdded
 from agent.metrics import AgentMetrics
 from agent.peer.participant import Participant, ParticipantSettings
+from agent.peer.session import PeerSession
+from agent.peer.session_quality import IntervalQuality, SessionQuality, describe
 from agent.roles.meeting_loop import run_meeting
 from agent.signaling.api import ConnvoApi
 
@@ -24,12 +28,13 @@ class BotReport:
     received: dict[str, ReceivedMedia] = field(default_factory=dict)  # when decoding
     rtp_packets: dict[str, int] = field(default_factory=dict)  # RTP received, per remote session
     time_to_connected: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, SessionQuality] = field(default_factory=dict)  # as last measured
     # set when the first remote track arrives
     first_track: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def summary_lines(self) -> list[str]:
         lines = []
-        for session_id in {**self.rtp_packets, **self.received}:
+        for session_id in {**self.rtp_packets, **self.received, **self.quality}:
             ttc = self.time_to_connected.get(session_id)
             ttc_text = f"{ttc * 1000:.0f} ms" if ttc is not None else "never"
             received = f"{self.rtp_packets.get(session_id, 0)} RTP packets"
@@ -39,6 +44,9 @@ class BotReport:
                     f", {media.audio_frames} audio frames, {media.video_frames} video frames"
                 )
             lines.append(f"session {session_id}: connected after {ttc_text}, received {received}")
+            quality = self.quality.get(session_id)
+            if quality is not None:
+                lines.append(f"session {session_id} quality: {describe(quality)}")
         return lines or ["no remote session"]
 
 
@@ -47,11 +55,29 @@ def participant_settings(settings: AgentSettings) -> ParticipantSettings:
     return settings.participant_settings()
 
 
+def watch_quality(
+    settings: ParticipantSettings, observer: Callable[[PeerSession, IntervalQuality], None]
+) -> ParticipantSettings:
+    """`settings` whose sessions also tell `observer` each quality measurement (a copy: the
+    caller's settings are left as they are)."""
+    previous = settings.session.quality_observer
+
+    def both(session: PeerSession, interval: IntervalQuality) -> None:
+        if previous is not None:
+            previous(session, interval)
+        observer(session, interval)
+
+    session = dataclasses.replace(settings.session, quality_observer=both)
+    return dataclasses.replace(settings, session=session)
+
+
 class Bot:
     """A meeting that sends the configured media sources and counts what it receives.
 
     Built on the public API: with `receive: count` (no decoding) the figures come from the
     connections' statistics; with `receive: decode` every frame of every track is counted.
+    Each connection's quality (docs/quality.md) goes to the metrics as it is measured, and its
+    whole-call figures to the exit summary.
     """
 
     def __init__(
@@ -67,7 +93,7 @@ class Bot:
         self._states: dict[str, str] = {}  # remote session id -> its connection's state
         self.meeting = Meeting(
             api,
-            settings,
+            watch_quality(settings, self._quality_measured),
             decode=settings.session.decode_media,
             tracks_for_peer=sources.local_tracks,
             metrics=metrics,
@@ -102,6 +128,11 @@ class Bot:
             for s in self._states.values():
                 counts[s] = counts.get(s, 0) + 1
             self.metrics.set_sessions(counts)
+
+    def _quality_measured(self, session: PeerSession, interval: IntervalQuality) -> None:
+        self.report.quality[session.remote_session_id] = session.quality
+        if self.metrics is not None:
+            self.metrics.observe_quality(interval.inbound, interval.outbound)
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_meeting(self.meeting, stop, self._on_event)

@@ -14,7 +14,11 @@ from typing import Any
 
 from agent.media.recording import MeetingRecording
 from agent.meeting import Event, Meeting, RemoteTrack, TrackAdded
+from agent.metrics import AgentMetrics
 from agent.peer.participant import Participant, ParticipantSettings
+from agent.peer.session import PeerSession
+from agent.peer.session_quality import IntervalQuality, SessionQuality, describe
+from agent.roles.bot import watch_quality
 from agent.roles.meeting_loop import run_meeting
 from agent.signaling.api import ConnvoApi
 
@@ -26,12 +30,29 @@ MAX_QUEUED_FRAMES = 500
 
 
 class Recorder:
-    """A meeting with no local tracks whose remote tracks are recorded to `out`."""
+    """A meeting with no local tracks whose remote tracks are recorded to `out`.
 
-    def __init__(self, api: ConnvoApi, settings: ParticipantSettings, out: Path) -> None:
+    Each connection's quality (docs/quality.md) goes to the metrics as it is measured, and its
+    whole-call figures to the exit summary.
+    """
+
+    def __init__(
+        self,
+        api: ConnvoApi,
+        settings: ParticipantSettings,
+        out: Path,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self.recording = MeetingRecording(out, settings.meeting_id)
         self.first_track = asyncio.Event()
-        self.meeting = Meeting(api, settings, tracks_for_peer=list)
+        self.metrics = metrics
+        self.quality: dict[str, SessionQuality] = {}  # by remote session id, as last measured
+        self.meeting = Meeting(
+            api,
+            watch_quality(settings, self._quality_measured),
+            tracks_for_peer=list,
+            metrics=metrics,
+        )
 
     @property
     def participant(self) -> Participant:
@@ -50,6 +71,11 @@ class Recorder:
             name=f"record-{track.kind}-{track.session_id}",
         )
 
+    def _quality_measured(self, session: PeerSession, interval: IntervalQuality) -> None:
+        self.quality[session.remote_session_id] = session.quality
+        if self.metrics is not None:
+            self.metrics.observe_quality(interval.inbound, interval.outbound)
+
     async def run(self, stop: asyncio.Event) -> None:
         self.recording.write_manifest()
         try:
@@ -64,6 +90,10 @@ class Recorder:
             for f in self.recording.files()
         ]
         lines.append(f"manifest {self.recording.manifest_path}")
+        lines += [
+            f"session {session_id} quality: {describe(quality)}"
+            for session_id, quality in self.quality.items()
+        ]
         return lines
 
 

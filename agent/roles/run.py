@@ -76,7 +76,7 @@ async def build_role(
             raise ConfigError(
                 "config: out: required by the recorder role (--out, CONNVO_OUT or the config file)"
             )
-        return Recorder(api, participant, settings.out)
+        return Recorder(api, participant, settings.out, metrics)
     if settings.role == "transcriber":
         from agent.media.speech import SpeechEngineError, create_engine
         from agent.roles.transcriber import Transcriber, TranscriberSettings
