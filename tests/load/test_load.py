@@ -85,7 +85,7 @@ def test_load_connects_everyone(
     busy = [row["cpu_pct"] for row in timeline]
     assert max(busy) > 0 and all(0 <= c <= 200 * 1.1 for c in busy), busy
     html = (tmp_path / "r" / "report.html").read_text()
-    assert html.count("<svg") == 6 and "Time to connected" in html
+    assert html.count("<svg") == 9 and "Time to connected" in html
     assert devserver.admin_key not in result.stdout + result.stderr + html
 
 

@@ -28,7 +28,7 @@ from agent.patches import install as install_patches
 from agent.peer.ice import restrict_host_addresses
 from agent.peer.participant import Participant, ParticipantSettings
 from agent.peer.session import PeerSession, PeerState, SessionSettings
-from agent.peer.stats import read_stats
+from agent.peer.session_quality import GOOD_MOS, IntervalQuality
 from agent.roles.load.plan import Identity, LoadPlan
 from agent.signaling.api import ConnvoApi
 from agent.signaling.models import ActiveSession
@@ -47,6 +47,11 @@ class SessionResult:
     jitter_ms: float | None
     packets_received: int
     packets_lost: int
+    # the whole connection's quality per direction, "inbound" and "outbound": the fields of
+    # agent.peer.session_quality.QualityTotals (audio_mos_mean, freeze_count, ...)
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # measured end-to-end audio latency, when the run measures it (None: not measured)
+    mouth_to_ear_ms: float | None = None
 
 
 @dataclass
@@ -78,6 +83,21 @@ class Sample:
     loop_lag_probes: int = 0
     loop_lag_slow: int = 0
     cpu_pct: float = 0.0  # the worker process's CPU time (all its threads), in % of one core
+    rtp_lost_per_s: float = 0.0  # inbound RTP packets lost
+    # Quality, over the connected sessions' latest intervals (sums and counts, so that seconds
+    # of several workers and shards add up exactly): audio MOS received and sent, and how many
+    # connections were below GOOD_MOS (4.0)
+    mos_in_sum: float = 0.0
+    mos_in_n: int = 0
+    mos_in_under_4: int = 0
+    mos_out_sum: float = 0.0
+    mos_out_n: int = 0
+    mos_out_under_4: int = 0
+    video_in_n: int = 0  # connections receiving video (frames counted in their latest interval)
+    # video received in the intervals measured during this second
+    video_frames: int = 0
+    freeze_count: int = 0
+    freeze_duration_s: float = 0.0
     time_to_connected_s: list[float] = field(default_factory=list)  # new since the last sample
 
 
@@ -120,6 +140,8 @@ class LoadWorker:
         self._reported_ttc: set[int] = set()
         self._last_packets = 0
         self._last_rtp = 0
+        self._last_lost = 0
+        self._video = [0, 0, 0.0]  # frames, freezes, freeze seconds measured since the sample
         self._last_sample_at: float | None = None  # time.monotonic() of the previous sample
         self._last_cpu = time.process_time()
         self._preencoded: PreencodedAudio | None = None
@@ -191,6 +213,7 @@ class LoadWorker:
                 media_timeout=math.inf if plan.media == "none" else 10.0,
                 # preencoded: received RTP is counted (getStats), never decoded
                 decode_media=plan.media == "full",
+                quality_observer=self._quality_measured,
             ),
         )
         stop = asyncio.Event()
@@ -223,13 +246,20 @@ class LoadWorker:
     # --- sampling ----------------------------------------------------------------------------
 
     async def _read_connection_stats(self) -> None:
-        """Read every connected session's figures now, for the last sample: a session's watchdog
-        reads them once a second, so one that connected just before the end has none yet."""
+        """Measure every connected session now, for the last sample and the results: a session's
+        watchdog reads its figures once a second and its quality every few seconds, so one that
+        connected just before the end has none yet."""
         for r in self.running:
             for s in _sessions(r):
-                if s.state is PeerState.CONNECTED and s.pc is not None:
-                    with contextlib.suppress(Exception):  # closing under us: its last figures stand
-                        await read_stats(s.pc, s.stats)
+                with contextlib.suppress(Exception):  # closing under us: its last figures stand
+                    await s.measure_quality()
+
+    def _quality_measured(self, session: PeerSession, interval: IntervalQuality) -> None:
+        inbound = interval.inbound
+        if inbound.video_frames is not None:
+            self._video[0] += inbound.video_frames
+            self._video[1] += inbound.freeze_count or 0
+            self._video[2] += inbound.freeze_duration_s or 0.0
 
     async def _probe_lag(self) -> None:
         while True:
@@ -247,6 +277,14 @@ class LoadWorker:
         states = [s.state for s in sessions]
         packets = sum(s.stats.packets_received for s in sessions)
         rtp = sum(s.stats.rtp_received for s in sessions)
+        lost = sum(s.stats.packets_lost for s in sessions)
+        quality = _QualityNow()
+        for s in sessions:
+            if s.state is PeerState.CONNECTED:
+                quality.add(s.latest_quality)
+        mos_in, mos_out = quality.mos["inbound"], quality.mos["outbound"]
+        frames, freezes, freeze_s = self._video
+        self._video = [0, 0, 0.0]
         new_ttc = []
         for s in sessions:
             if s.time_to_connected is not None and id(s) not in self._reported_ttc:
@@ -274,10 +312,22 @@ class LoadWorker:
             loop_lag_probes=len(lags),
             loop_lag_slow=sum(1 for lag in lags if lag >= SLOW_LAG_S),
             cpu_pct=round(cpu_pct, 1),
+            rtp_lost_per_s=max(0, lost - self._last_lost) / elapsed,
+            mos_in_sum=round(mos_in.total, 3),
+            mos_in_n=mos_in.n,
+            mos_in_under_4=mos_in.under_4,
+            mos_out_sum=round(mos_out.total, 3),
+            mos_out_n=mos_out.n,
+            mos_out_under_4=mos_out.under_4,
+            video_in_n=quality.video,
+            video_frames=int(frames),
+            freeze_count=int(freezes),
+            freeze_duration_s=round(freeze_s, 3),
             time_to_connected_s=new_ttc,
         )
         self._last_packets = packets
         self._last_rtp = rtp
+        self._last_lost = lost
         self.samples.append(sample)
         self.emit(sample)
         self._freeze_settled_heap(sample)
@@ -318,7 +368,35 @@ def _sessions(running: _Running) -> list[PeerSession]:
     return list(manager.sessions.values()) if manager is not None else []
 
 
+@dataclass
+class _MosSum:
+    total: float = 0.0
+    n: int = 0  # connections with a MOS
+    under_4: int = 0  # of which below GOOD_MOS
+
+
+class _QualityNow:
+    """The connected sessions' latest quality, summed for one sample."""
+
+    def __init__(self) -> None:
+        self.mos = {"inbound": _MosSum(), "outbound": _MosSum()}
+        self.video = 0
+
+    def add(self, latest: IntervalQuality | None) -> None:
+        if latest is None:
+            return
+        for snapshot in (latest.inbound, latest.outbound):
+            if snapshot.audio_mos is not None:
+                sums = self.mos[snapshot.direction]
+                sums.total += snapshot.audio_mos
+                sums.n += 1
+                sums.under_4 += snapshot.audio_mos < GOOD_MOS
+        if latest.inbound.video_frames:
+            self.video += 1
+
+
 def _session_result(s: PeerSession) -> SessionResult:
+    quality = s.quality
     return SessionResult(
         remote_user_id=s.remote_user_id,
         state=s.state.value,
@@ -327,7 +405,15 @@ def _session_result(s: PeerSession) -> SessionResult:
         jitter_ms=None if s.stats.jitter is None else round(1000 * s.stats.jitter, 2),
         packets_received=s.stats.packets_received,
         packets_lost=s.stats.packets_lost,
+        quality={
+            "inbound": _rounded(quality.inbound_total.as_dict()),
+            "outbound": _rounded(quality.outbound_total.as_dict()),
+        },
     )
+
+
+def _rounded(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
 
 
 def _rss_mb() -> float:
