@@ -118,3 +118,30 @@ async def test_closing_measures_the_last_interval(
     assert totals.duration_s >= connected_for
     assert totals.audio_mos_mean is not None and totals.audio_mos_mean > 4.3
     assert session.quality.outbound_total.packets > 0
+
+
+async def test_totals_carry_on_across_an_ice_restart(
+    meeting: Meeting, agent_factory: Callable[..., Any]
+) -> None:
+    agent, measurements = await start(agent_factory, meeting, interval_s=1.0)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        async with asyncio.timeout(TIMEOUT):
+            await measurements.wait(2)
+            session.connected.clear()
+            await alice.offer(meeting.users["bot"], restart=True)
+            await session.connected.wait()
+            restarted = len(measurements.intervals)
+            await measurements.wait(restarted + 2)
+    assert session.stats.replaced_connections == 1
+    # the new connection's statistics start from zero: its first interval counts its own
+    # packets (a second's worth), not the old connection's again
+    first = measurements.intervals[restarted].inbound
+    assert first.interval_s is not None and first.interval_s <= 1.6
+    assert 0 < first.packets < 2 * max(i.inbound.packets for i in measurements.intervals[:2])
+    totals = session.quality.inbound_total
+    assert totals.intervals == len(measurements.intervals)
+    assert totals.packets == sum(i.inbound.packets for i in measurements.intervals)
+    assert totals.audio_mos_min is not None and totals.audio_mos_min > 4.3
