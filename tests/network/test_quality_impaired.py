@@ -170,9 +170,9 @@ async def test_loss_and_a_delay_step_show_in_the_session_quality(tmp_path: Path)
     assert agent.session is not None
     quality: SessionQuality = agent.session.quality
 
-    # Clean: nothing lost, the model's best MOS for this path.
+    # Clean: nothing lost, a MOS users are satisfied with.
     before = clean[-1].inbound
-    assert before.audio_loss_pct == 0 and before.audio_mos is not None and before.audio_mos > 4.3
+    assert before.audio_loss_pct == 0 and before.audio_mos is not None and before.audio_mos > 4.0
 
     # 10 % loss: the loss measured is the link's, within the draw's spread ...
     loss, packets = _audio_loss(lossy)
