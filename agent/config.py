@@ -128,6 +128,7 @@ class AgentSettings(BaseSettings):
     session_timeout: Seconds = _SESSION.session_timeout
     ice_restart_after: Seconds = _SESSION.ice_restart_after
     media_timeout: Seconds = _SESSION.media_timeout
+    quality_interval: Seconds = _SESSION.quality_interval
     discovery_interval: Seconds = _PARTICIPANT.discovery_interval
     meeting_check_interval: Seconds = _PARTICIPANT.meeting_check_interval
     request_timeout: Seconds = 10.0

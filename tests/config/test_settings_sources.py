@@ -18,7 +18,7 @@ from agent.roles.transcriber import TranscriberSettings
 BASE = 'url = "https://connvo.example.com/"\nmeeting = "m1"\ntoken = "tok-123"\n'
 
 # Keys of AgentSettings that set a dataclass field of the same name.
-SESSION_KEYS = {"session_timeout", "ice_restart_after", "media_timeout"}
+SESSION_KEYS = {"session_timeout", "ice_restart_after", "media_timeout", "quality_interval"}
 PARTICIPANT_KEYS = {
     "state_dir",
     "session_id",
@@ -61,6 +61,7 @@ def test_participant_settings_carry_every_key(tmp_path: Path) -> None:
         "session_timeout": 41.0,
         "ice_restart_after": 6.5,
         "media_timeout": 7.5,
+        "quality_interval": 2.5,
         "session_id": "s-7",
         "call_everyone": True,
         "poll_fast_interval": 0.05,
