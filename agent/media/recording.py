@@ -24,15 +24,18 @@ stream it is placed by its RTP timestamp (`frame.pts`, unwrapped): frames lost, 
 silence. The stream is tied to this machine's clock by when its frames arrived: by their first
 packet at aiortc's jitter buffer when the track's receiver is given (`PacketArrivals`), else by
 the decoded frame less the time aiortc usually holds one. The offset between RTP time and that
-clock is settled over the first `2 * WINDOW_BLOCK_S` seconds as the least seen (the least-delayed
-frames). After that the placement follows the clock only at clock-drift rates (`MAX_DRIFT`, in
-steps of `DRIFT_S`: a little silence added or a few samples dropped), so a queue that grows on
-the way does not stretch the media; and it moves at once for a pause that did not move the
-timestamps (or timestamps that jumped): a frame `JUMP_S` later (earlier) than the last by their
-timestamps, followed by frames as far from their place for `JUMP_CONFIRM_S`. Every track is on
-this one clock: each file's `startedAtMs` is the clock time of its first sample. The manifest
-records per file the media duration, the clock time it spans by its frames' arrival and their
-difference, and per session the audio/video offset at the end.
+clock is the least seen (the least-delayed frame): during the first `SETTLE_S` seconds the file's
+start moves with it; after that a lower one is followed at once and the least may only rise at
+clock-drift rates (`MAX_DRIFT`), in steps of `DRIFT_S` (a little silence added, or a few samples
+dropped), so a queue that grows on the way does not stretch the media while a sender's clock
+that runs slow or fast is followed. A pause that did not move the timestamps (or timestamps that
+jumped) moves the placement at once: a frame `JUMP_S` later (earlier) than the last by their
+timestamps, followed by frames as far from their place for `JUMP_CONFIRM_S`. With the receiver
+given, video is placed by the sender's RTCP sender reports plus the delay audio is placed with
+(`SessionSync`): both tracks of a session keep the sender's own alignment. Each file's
+`startedAtMs` is the clock time of its first sample. The manifest records per file the media
+duration, the clock time it spans by its frames' arrival and their difference, and per session
+the audio/video offset at the end.
 
 Kill -9: the writers flush every packet to the file, Ogg pages every `OGG_PAGE_S` and WebM clusters
 every `WEBM_CLUSTER_MS`, and the manifest is rewritten every `MANIFEST_EVERY_S` while recording, so
@@ -47,6 +50,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,7 +83,7 @@ DEFAULT_FRAME_S = 1 / 30  # video frame interval until one is seen
 SETTLE_S = 3.0  # the file's origin moves with the least offset seen until then
 DRIFT_S = 0.015  # the placement follows the clock when they differ by more than this
 JUMP_S = 1.0  # a frame this much later or earlier than the last, by their timestamps, ...
-JUMP_CONFIRM_S = 0.5  # ... followed by frames as far from their place for this long: a pause
+JUMP_CONFIRM_S = 2.0  # ... followed by frames as far from their place for this long: a pause
 SOURCES = ("frames", "packets", "reports")  # what a placement follows, worst to best
 MAX_DRIFT = 0.001  # the fastest the placement follows the clock (1 ms per second)
 AUDIO_TOLERANCE_S = 0.005  # audio placed within this of the end already written is contiguous
@@ -122,14 +126,15 @@ class PacketArrivals:
     (`watch` gives None where its internals moved: the frames' own arrival is used then)."""
 
     KEEP = 1024  # frames remembered (20 s of audio, 30 s of video)
+    REPORTS = 16  # sender reports remembered (about 16 s)
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._first: dict[int, float] = {}
         self._mapper: Any = None  # aiortc's: frame.pts = RTP timestamp - the first one
         self.ssrc: int | None = None  # the media stream's (RTX and others' reports are not its)
-        # the sender's last RTCP sender report: (its clock time, Unix s; the RTP timestamp then)
-        self.sender_report: tuple[float, int] | None = None
+        # the sender's last RTCP sender reports: (its clock time, Unix s; the RTP timestamp then)
+        self.sender_reports: deque[tuple[float, int]] = deque(maxlen=self.REPORTS)
 
     @classmethod
     def watch(cls, receiver: Any, *, clock: Clock = time.time) -> PacketArrivals | None:
@@ -156,22 +161,28 @@ class PacketArrivals:
                 if ours and info is not None and info.packet_count and info.ntp_timestamp:
                     ntp = int(info.ntp_timestamp)
                     sent_at = (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
-                    arrivals.sender_report = (sent_at, int(info.rtp_timestamp))
+                    arrivals.sender_reports.append((sent_at, int(info.rtp_timestamp)))
                 await handle_rtcp(packet)
 
             receiver._handle_rtcp_packet = noting_rtcp
         return arrivals
 
     def sender_time(self, pts: int, rate: float) -> float | None:
-        """The sender's clock time of the frame with this pts (Unix s), by its last report."""
+        """The sender's clock time of the frame with this pts (Unix s), by its recent reports.
+
+        A report pairs an RTP timestamp with the moment its packet was sent, a little after the
+        frame was made (encoding, a busy sender): the earliest of the recent reports' mappings
+        is the closest to the frame's making."""
         rtp_timestamp = self.rtp_timestamp(pts)
-        if self.sender_report is None or rtp_timestamp is None:
+        if not self.sender_reports or rtp_timestamp is None:
             return None
-        sent_at, report_rtp = self.sender_report
-        delta = (rtp_timestamp - report_rtp) % (1 << 32)
-        if delta >= 1 << 31:
-            delta -= 1 << 32
-        return sent_at + delta / rate
+        earliest = float("inf")
+        for sent_at, report_rtp in self.sender_reports:
+            delta = (rtp_timestamp - report_rtp) % (1 << 32)
+            if delta >= 1 << 31:
+                delta -= 1 << 32
+            earliest = min(earliest, sent_at + delta / rate)
+        return earliest
 
     def arrived(self, rtp_timestamp: int) -> None:
         if rtp_timestamp not in self._first:
@@ -299,12 +310,16 @@ class Placement:
             self._first_rtp_s = rtp_s
             self.origin = rtp_s + observed
             self._reset(arrival)
-        if self._least != float("inf"):
-            self._least += MAX_DRIFT * max(0.0, arrival - self._least_at)
-        self._least, self._least_at = min(self._least, observed), arrival
+        if synced:
+            # not a delay measured but audio's placement carried over: followed as it is
+            self._least, self._least_at = observed, arrival
+        else:
+            if self._least != float("inf"):
+                self._least += MAX_DRIFT * max(0.0, arrival - self._least_at)
+            self._least, self._least_at = min(self._least, observed), arrival
         previous, self._previous_observed = self._previous_observed, observed
         if self._away_since is not None:
-            if abs(observed - self._offset) < JUMP_S / 2 or (
+            if abs(observed - self._offset) < JUMP_S or (
                 (observed > self._offset) != self._away_later
             ):
                 self._away_since = None  # back in place: a stall, not a pause

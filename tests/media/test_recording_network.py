@@ -11,12 +11,16 @@ avOffsetMs) agree, and a SIGTERM or a kill -9 leaves files that decode up to nea
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from agent.devserver.process import DevServerProcess
+from agent.media.recording import MeetingRecording
 from tests.media.recording_peer import RecordedRun, decode, measure, record_over_link
 
 SECONDS = 20.0  # of media sent
@@ -80,6 +84,7 @@ async def test_kill_9_leaves_files_that_decode_up_to_near_the_kill(
         assert not f["complete"], report  # the manifest was written while recording
         seconds, levels = decode(run.root / f["path"])
         recorded_until = f["startedAtMs"] / 1000 + seconds
+        print(f["kind"], "lost to the kill:", round(run.stopped_at - recorded_until, 3), "s")
         assert run.stopped_at - KILL_LOSS_S <= recorded_until <= run.stopped_at + 0.5, (
             f["kind"],
             seconds,
@@ -87,3 +92,37 @@ async def test_kill_9_leaves_files_that_decode_up_to_near_the_kill(
             report,
         )
         assert levels, report
+
+
+async def test_a_pause_is_silence_of_its_length_whatever_the_timestamps_do(tmp_path: Path) -> None:
+    """No link needed: frames as aiortc hands them over (pts counted from the first frame), on
+    a clock the test moves. A sender that stops for 2 s without moving its timestamps (muted,
+    then resumed) and one that skips 1.5 s of timestamps while it sends nothing (DTX) both
+    leave silence of the pause's length: the file lasts as long as the clock did."""
+    now = [1_000.0]
+    rate, step = 48_000, 960  # 20 ms frames
+
+    async def frames() -> AsyncIterator[av.AudioFrame]:
+        pts, at = 0, now[0]
+        for count, pause_s, pts_skip in ((150, 2.0, 0), (150, 1.5, 72_000), (75, 0.0, 0)):
+            for _ in range(count):
+                frame = av.AudioFrame.from_ndarray(
+                    np.full((1, step), 1000, dtype=np.int16), format="s16", layout="mono"
+                )
+                frame.sample_rate, frame.pts = rate, pts
+                frame.time_base = Fraction(1, rate)
+                now[0] = at + 0.05  # the frame's arrival: 50 ms on the way
+                yield frame
+                pts, at = pts + step, at + step / rate
+            pts, at = pts + pts_skip, at + pause_s
+
+    recording = MeetingRecording(tmp_path, "m", clock=lambda: now[0])
+    await recording.record("u", "s", "audio", frames())
+    recording.close()
+    [entry] = recording.files()
+    expected = 3 + 2 + 3 + 1.5 + 1.5
+    seconds, _ = decode(entry.path)
+    assert seconds == pytest.approx(expected, rel=0.01)
+    assert entry.duration_s == pytest.approx(seconds, abs=0.03)
+    assert entry.silence_s == pytest.approx(3.5, abs=0.1)
+    assert entry.duration_error_pct is not None and abs(entry.duration_error_pct) < 1
