@@ -18,7 +18,8 @@ from agent.cli.loop import run_async
     "--duration",
     type=float,
     required=True,
-    help="Seconds the full population is held after the ramp.",
+    help="Seconds the population is held once everyone has connected (or --connect-timeout "
+    "after the ramp).",
 )
 @click.option(
     "--ramp", type=float, default=10.0, show_default=True, help="Participants started per second."
@@ -69,7 +70,13 @@ from agent.cli.loop import run_async
     multiple=True,
     help="Gather host candidates only on this local address (repeatable).",
 )
-@click.option("--connect-timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds a connection may take; the hold starts at the latest this long after the ramp.",
+)
 @click.option(
     "--network",
     metavar="PROFILE",
@@ -77,6 +84,16 @@ from agent.cli.loop import run_async
     help="Put the participants on the two sides of an impaired link with this profile (good, "
     "wifi, mobile, bad; docs/network.md). Needs root over a user namespace; the URL must name "
     "an IPv4 address or localhost.",
+)
+@click.option(
+    "--mouth-to-ear",
+    "mouth_to_ear",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Senders mark their audio and each participant measures the mouth-to-ear latency of up "
+    "to N of the audio streams it receives (decoding them); 0: no marks, nothing decoded for them.",
 )
 def load_command(
     url: str,
@@ -94,6 +111,7 @@ def load_command(
     ice_host_addresses: tuple[str, ...],
     connect_timeout: float,
     network: str | None,
+    mouth_to_ear: int,
 ) -> int:
     """Simulate participants: real identities, signalling, ICE, DTLS and SRTP."""
     from agent.extras import require
@@ -122,6 +140,7 @@ def load_command(
             ice_host_addresses=ice_host_addresses,
             connect_timeout=connect_timeout,
             network=network,
+            mouth_to_ear=mouth_to_ear,
         )
     except PlanError as exc:
         raise click.ClickException(str(exc)) from None
@@ -133,7 +152,8 @@ def load_command(
             f"participants {s['joined']}/{s['participants']} joined, connections "
             f"{s['sessions_connected']}/{s['sessions_expected']}, time to connected "
             f"p50 {s['time_to_connected_s']['p50']} s p95 {s['time_to_connected_s']['p95']} s, "
-            f"loss {s['packet_loss_pct']} %, loop lag p99 {s['loop_lag_p99_ms_max']:.0f} ms"
+            f"loss {s['packet_loss_pct']} %, loop lag p99 {s['loop_lag_p99_ms_max']:.0f} ms; "
+            f"{s['quality']['headline']}"
         )
         if "network" in report:
             n = report["network"]

@@ -52,6 +52,10 @@ def test_a_mesh_run_across_a_mobile_link(devserver: Any, tmp_path: Path) -> None
     assert network["workers"] == {"a": 1, "b": 1}
     assert network["connections_crossing"] == {"crossing": 2, "total": 3}
     assert network["backend_connections"] > 0
+    # report.html shows the section: the profile, the sides, what crossed the link
+    page = (tmp_path / "r" / "report.html").read_text()
+    section = page[page.index("<h2>Network</h2>") :]
+    assert "mobile" in section and "2 of 3" in section and "a_to_b" in section
     # The media crossed the link both ways: two seconds and more of audio each way per connection
     # that crosses it (50 packets a second), on top of ICE and DTLS.
     for lane in ("a_to_b", "b_to_a"):

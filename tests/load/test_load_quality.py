@@ -18,6 +18,7 @@ def test_a_load_report_has_quality_figures_and_merges_them(devserver: Any, tmp_p
         devserver,
         tmp_path / "r",
         *("--meetings", "1", "--peers-per-meeting", "2", "--duration", "3", "--media", "full"),
+        *("--mouth-to-ear", "0"),  # measured in test_load_mouth_to_ear.py
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -35,7 +36,7 @@ def test_a_load_report_has_quality_figures_and_merges_them(devserver: Any, tmp_p
         assert outbound["packets"] > 50
         # --media full sends no video: the freeze fields are there, and empty
         assert inbound["freeze_count"] is None and inbound["freezes_per_min"] is None
-        assert s["mouth_to_ear_ms"] is None  # a place for a later measurement
+        assert s["mouth_to_ear_ms"] is None and s["mouth_to_ear_marks"] is None  # not measured
     for p in report["participants"]:
         assert p["quality"]["inbound"]["connections"] == 1
         assert p["quality"]["inbound"]["audio_mos_mean"] > 4.0

@@ -57,6 +57,9 @@ class LoadPlan:
     connect_timeout: float = 30.0
     # a profile of agent.network: participants on the two sides of an ImpairedLink
     network: str | None = None
+    # mouth-to-ear: each participant measures up to this many of the audio streams it receives
+    # (senders mark their audio while it is above 0; agent.media.marks)
+    mouth_to_ear: int = 1
 
     def __post_init__(self) -> None:
         if self.meetings < 1 or self.peers_per_meeting < 2:
@@ -65,6 +68,8 @@ class LoadPlan:
             raise PlanError("--duration and --ramp must be positive")
         if self.procs < 1:
             raise PlanError("--procs must be >= 1")
+        if self.mouth_to_ear < 0:
+            raise PlanError("--mouth-to-ear must be >= 0 (0: not measured)")
         if self.tokens_file is None and not self.admin_key:
             raise PlanError(
                 "identities: give --tokens FILE, or the dev backend's admin key "
@@ -86,6 +91,17 @@ class LoadPlan:
     def workers_per_side(self) -> tuple[int, int]:
         """With --network: worker processes on side A and on side B (at least one each)."""
         return max(1, (self.procs + 1) // 2), max(1, self.procs // 2)
+
+    @property
+    def marks(self) -> bool:
+        """Whether participants mark the audio they send and measure what they receive."""
+        return self.mouth_to_ear > 0 and self.media != "none"
+
+    def expected_sessions(self, identity: Identity) -> int:
+        """The connections `identity` should end up with."""
+        if self.topology == "star" and not identity.hub:
+            return 1
+        return self.peers_per_meeting - 1
 
     @property
     def participants(self) -> int:

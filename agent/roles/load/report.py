@@ -108,6 +108,7 @@ def quality_summary(sessions: list[dict[str, Any]]) -> dict[str, Any]:
         if (t := _totals(s, "inbound")).get("freezes_per_min") is not None
     ]
     mouth_to_ear = [s["mouth_to_ear_ms"] for s in sessions if s.get("mouth_to_ear_ms") is not None]
+    measured = [s for s in sessions if s.get("mouth_to_ear_marks") is not None]
     good = {d: _share(sum(1 for m in mos[d] if m >= GOOD_MOS), len(mos[d])) for d in mos}
     summary = {
         "connections_with_mos": len(mos["inbound"]),
@@ -119,6 +120,10 @@ def quality_summary(sessions: list[dict[str, Any]]) -> dict[str, Any]:
         "freeze_count": sum(_totals(s, "inbound").get("freeze_count") or 0 for s in sessions),
         "freezes_per_min": _pcts(freeze_rates),
         "mouth_to_ear_ms": _pcts(mouth_to_ear),
+        # connection ends that ran a detector, and the marks they heard and missed
+        "mouth_to_ear_connections": len(measured),
+        "mouth_to_ear_marks": sum(s["mouth_to_ear_marks"] for s in measured),
+        "mouth_to_ear_missed": sum(s.get("mouth_to_ear_missed") or 0 for s in measured),
     }
     summary["headline"] = headline(summary)
     return summary
@@ -191,6 +196,8 @@ _QUALITY_SUMMED = (
     "video_frames",
     "freeze_count",
     "freeze_duration_s",
+    "mouth_to_ear_n",
+    "mouth_to_ear_sum_ms",
 )
 
 
@@ -491,6 +498,7 @@ def render_html(report: dict[str, Any]) -> str:
         for k, v in report["plan"].items()
     )
     figures = "".join(f"<h2>{html.escape(title)}</h2>{_svg(draw)}" for title, draw in plots)
+    network = _network_html(report.get("network"))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>connvo-agent load report</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
@@ -502,10 +510,69 @@ th,td{{text-align:left;padding:.2em .8em;border-bottom:1px solid #ddd}}
 <p class="headline"><strong>{html.escape(s["quality"]["headline"])}</strong>; connections
 {s["sessions_connected"]}/{s["sessions_expected"]}, participants {s["joined"]}/{s["participants"]}
 joined</p>
+{_mouth_to_ear_html(s["quality"])}
 <p>Shards: {html.escape(", ".join(report["shards"]))}</p>
 <h2>Summary</h2><table>{rows}</table>
 <h2>Quality</h2><table>{quality}</table>
 <h2>Plan</h2><table>{plan}</table>
+{network}
 {figures}
 </body></html>
 """
+
+
+def _mouth_to_ear_html(q: dict[str, Any]) -> str:
+    """The mouth-to-ear figures, under the headline (nothing when the run did not measure)."""
+    measured = q.get("mouth_to_ear_connections") or 0
+    if not measured:
+        return ""
+    m = q["mouth_to_ear_ms"]
+    if m["p50"] is None:
+        figures = "no mark heard"
+    else:
+        figures = ", ".join(f"{k} {m[k]:g} ms" for k in ("p50", "p95", "p99", "max"))
+    return (
+        f'<p class="mouth-to-ear">Mouth to ear (audio; each connection end\'s median): {figures}; '
+        f"{measured} connection ends measured, {q['mouth_to_ear_marks']} marks heard, "
+        f"{q['mouth_to_ear_missed']} missed</p>"
+    )
+
+
+def _network_html(network: dict[str, Any] | None) -> str:
+    """The impaired link of a `--network` run: profile, who was on which side, what crossed the
+    link and what the link did (nothing for runs without one)."""
+    if not network:
+        return ""
+    crossing = network.get("connections_crossing") or {}
+    sides: dict[str, int] = defaultdict(int)
+    for side in (network.get("participants") or {}).values():
+        sides[str(side)] += 1
+    rows = [
+        ("profile", network.get("profile")),
+        ("impairment", network.get("impairment")),
+        ("addresses", network.get("addresses")),
+        ("worker processes per side", network.get("workers")),
+        ("participants per side", dict(sorted(sides.items()))),
+        (
+            "connections across the link",
+            f"{crossing.get('crossing')} of {crossing.get('total')}" if crossing else None,
+        ),
+        ("backend connections (forwarded)", network.get("backend_connections")),
+    ]
+    link = network.get("link") or {}
+    rows += [(f"link {lane}", figures) for lane, figures in link.items()]
+    table = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_text(v))}</td></tr>" for k, v in rows
+    )
+    names = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(side))}</td></tr>"
+        for name, side in sorted((network.get("participants") or {}).items())
+    )
+    return (
+        f"<h2>Network</h2><table>{table}</table>"
+        f"<details><summary>Each participant's side</summary><table>{names}</table></details>"
+    )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)

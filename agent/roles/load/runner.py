@@ -49,9 +49,17 @@ def _worker_main(
     def emit(sample: Sample) -> None:
         conn.send(("sample", worker, asdict(sample)))
 
+    async def settled() -> float:
+        """Tell the runner this worker's participants have connected; the end of the hold."""
+        conn.send(("settled", worker, None))
+        # a thread of its own waits for the answer (samples are still sent meanwhile)
+        kind, end = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        assert kind == "end"
+        return float(end)
+
     async def main() -> int:
         runner = LoadWorker(plan, identities, worker=worker, state_dir=Path(state_dir), emit=emit)
-        result = await runner.run(t0)
+        result = await runner.run(t0, settled)
         conn.send(("result", worker, asdict(result)))
         return 0
 
@@ -114,7 +122,7 @@ async def _run_here(
     t0 = _start_time(started_at, plan.procs)
     pipes, processes = [], []
     for w, chunk in enumerate(slices):
-        parent_end, child_end = context.Pipe(duplex=False)
+        parent_end, child_end = context.Pipe()  # duplex: the runner gives the hold's end
         process = context.Process(
             target=_worker_main,
             args=(plan, chunk, w, t0, state_dir, child_end),
@@ -218,13 +226,25 @@ def crossing_connections(plan: LoadPlan, identities: list[Identity]) -> dict[str
 async def _collect(
     plan: LoadPlan, pipes: list[Connection]
 ) -> tuple[dict[int, dict[str, Any]], list[str]]:
-    """Every worker's samples (to the live view) and result, until every pipe is closed."""
+    """Every worker's samples (to the live view) and result, until every pipe is closed.
+
+    Once every worker still running has said its participants connected ("settled"), each is
+    told when the hold ends: `duration` seconds from then, the same time for all, so nobody
+    leaves while another worker's participants are still connecting to them."""
     results: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
     loop = asyncio.get_running_loop()
+    settled: set[Connection] = set()
+    hold_given = False
     with LiveView(plan.participants, len(pipes)) as live:
         open_pipes = list(pipes)
         while open_pipes:
+            if not hold_given and settled and settled.issuperset(open_pipes):
+                hold_given = True
+                end = time.time() + plan.duration
+                for pipe in settled:
+                    with contextlib.suppress(OSError):  # a worker gone since: its EOF follows
+                        pipe.send(("end", end))
             ready = await loop.run_in_executor(
                 None, multiprocessing.connection.wait, open_pipes, 0.5
             )
@@ -238,6 +258,8 @@ async def _collect(
                     continue
                 if kind == "sample":
                     live.update(worker, payload)
+                elif kind == "settled":
+                    settled.add(conn)
                 elif kind == "result":
                     results[worker] = payload
                 else:

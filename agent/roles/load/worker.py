@@ -2,26 +2,41 @@
 
 Each simulated participant is a full `Participant` (its own token, session, poller, connections).
 The worker starts them at its share of the ramp rate, samples the event loop's lag and the sessions'
-states once a second, holds the full population for the run's duration, then lets everyone leave.
+states once a second, waits until its participants have connected (or `connect_timeout` has passed
+since its ramp ended), then holds the population until the run's end (the runner gives it once every
+worker is settled: `--duration` seconds later), then lets everyone leave.
+
+Mouth-to-ear (`LoadPlan.mouth_to_ear` > 0): senders mark their audio (agent.media.marks) and each
+participant runs a `MarkDetector` on up to that many of the audio streams it receives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import math
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from agent.convex import ConvexClient, RetryPolicy, TokenSource, make_http_client
 from agent.media import ReceivedMedia
+from agent.media.marks import (
+    LatencyHistogram,
+    LatencySample,
+    MarkDetector,
+    MarkedAudioTrack,
+    MarkedPreencodedAudio,
+)
 from agent.media.preencoded import PreencodedAudio
 from agent.media.sources import tone_track
 from agent.patches import install as install_patches
@@ -36,6 +51,7 @@ from agent.signaling.models import ActiveSession
 SAMPLE_INTERVAL_S = 1.0
 LAG_PROBE_S = 0.05
 SLOW_LAG_S = 0.05  # a probe this late counts as slow: p99 < 50 ms <=> under 1 % of probes slow
+SETTLE_POLL_S = 0.2  # how often a worker looks whether its participants have connected
 
 
 @dataclass
@@ -50,8 +66,12 @@ class SessionResult:
     # the whole connection's quality per direction, "inbound" and "outbound": the fields of
     # agent.peer.session_quality.QualityTotals (audio_mos_mean, freeze_count, ...)
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # measured end-to-end audio latency, when the run measures it (None: not measured)
+    # measured end-to-end audio latency of the audio this end received: the median over the
+    # marks heard (None: not measured, or no mark heard)
     mouth_to_ear_ms: float | None = None
+    # marks heard and missed on this connection (None: not measured)
+    mouth_to_ear_marks: int | None = None
+    mouth_to_ear_missed: int | None = None
 
 
 @dataclass
@@ -98,6 +118,9 @@ class Sample:
     video_frames: int = 0
     freeze_count: int = 0
     freeze_duration_s: float = 0.0
+    # marks heard during this second (mouth to ear) and their latencies' sum
+    mouth_to_ear_n: int = 0
+    mouth_to_ear_sum_ms: float = 0.0
     time_to_connected_s: list[float] = field(default_factory=list)  # new since the last sample
 
 
@@ -108,11 +131,44 @@ class WorkerResult:
     samples: list[Sample]
 
 
+class _Ears:
+    """One participant's mouth-to-ear detectors: for up to `limit` of the connections it receives
+    audio on (the first whose audio arrives), every detector of each (an ICE restart's new
+    connection brings a new track)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.detectors: dict[PeerSession, list[MarkDetector]] = {}
+
+    def detector_for(self, session: PeerSession) -> MarkDetector | None:
+        if session not in self.detectors and len(self.detectors) >= self.limit:
+            return None
+        detector = MarkDetector()
+        self.detectors.setdefault(session, []).append(detector)
+        return detector
+
+    def figures(self, session: PeerSession) -> tuple[float | None, int | None, int | None]:
+        """(median latency ms, marks heard, marks missed) of `session`'s received audio."""
+        detectors = self.detectors.get(session)
+        if not detectors:
+            return None, None, None
+        histogram = LatencyHistogram()
+        for d in detectors:
+            d.flush()
+            histogram.merge(d.histogram)
+        p50 = histogram.percentile(0.5)
+        heard = sum(d.heard for d in detectors)
+        return (None if p50 is None else round(p50, 1)), heard, sum(d.missed for d in detectors)
+
+
 class _Running:
-    def __init__(self, identity: Identity, participant: Participant, stop: asyncio.Event) -> None:
+    def __init__(
+        self, identity: Identity, participant: Participant, stop: asyncio.Event, ears: _Ears
+    ) -> None:
         self.identity = identity
         self.participant = participant
         self.stop = stop
+        self.ears = ears
         self.started_at = time.monotonic()
         self.error: str | None = None
         self.task: asyncio.Task[None] | None = None
@@ -145,19 +201,25 @@ class LoadWorker:
         self._last_sample_at: float | None = None  # time.monotonic() of the previous sample
         self._last_cpu = time.process_time()
         self._preencoded: PreencodedAudio | None = None
+        self._heard = [0, 0.0]  # marks heard since the sample, and their latencies' sum (ms)
         self._ramp_done = False
         self._frozen_at: tuple[int, int] | None = None  # (connected, failed) at the last freeze
 
-    async def run(self, t0: float) -> WorkerResult:
-        """Run until `t0` (a time.time()) + ramp + duration, then leave; t0 is shared by workers."""
+    async def run(
+        self, t0: float, settled: Callable[[], Awaitable[float]] | None = None
+    ) -> WorkerResult:
+        """Ramp from `t0` (a time.time() shared by workers; from now if this worker starts later),
+        wait until the participants have connected, then `settled()` gives the end of the hold
+        (default: `duration` seconds from then); leave at that time."""
         plan = self.plan
         install_patches()  # a worker is a process of its own: as `connvo-agent run` does
         if plan.ice_host_addresses:
             restrict_host_addresses(list(plan.ice_host_addresses))
         if plan.media == "preencoded":
-            self._preencoded = PreencodedAudio("tone")
+            # with marks: the same pre-encoded loop, the chirps encoded in once
+            marked = plan.marks
+            self._preencoded = MarkedPreencodedAudio("tone") if marked else PreencodedAudio("tone")
         rate = plan.ramp / plan.procs
-        end = t0 + plan.participants / plan.ramp + plan.duration
         http = make_http_client(max_connections=min(1000, 4 * len(self.identities) + 10))
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -165,16 +227,20 @@ class LoadWorker:
                 await _sleep_until(t0)
                 self._sample(t0)  # the baseline: nobody started yet (memory per session)
                 sampler = tasks.create_task(self._sample_loop(t0))
+                # a worker process that started late (a loaded machine) ramps from when it can
+                start = max(t0, time.time())
                 for k, identity in enumerate(self.identities):
-                    await _sleep_until(t0 + k / rate)
+                    await _sleep_until(start + k / rate)
                     self._start(identity, http, tasks)
                 self._ramp_done = True
+                await self._wait_connected(time.time() + plan.connect_timeout)
+                end = await settled() if settled is not None else time.time() + plan.duration
                 await _sleep_until(end)
                 await self._read_connection_stats()
                 self._sample(t0)
                 for r in self.running:
                     # what each connection looked like at the end of the hold, before leaving
-                    r.final = [_session_result(s) for s in _sessions(r)]
+                    r.final = [_session_result(s, r.ears) for s in _sessions(r)]
                     r.stop.set()
                 await asyncio.gather(*(r.task for r in self.running if r.task))
                 lag.cancel()
@@ -185,6 +251,20 @@ class LoadWorker:
             if self._preencoded is not None:
                 self._preencoded.stop()
         return WorkerResult(self.worker, [self._result(r) for r in self.running], self.samples)
+
+    async def _wait_connected(self, deadline: float) -> None:
+        """Until every participant has failed or has the connections its topology gives it, or
+        `deadline` (a time.time()): the hold is of the population, not of its ramp."""
+
+        def connected(r: _Running) -> bool:
+            states = [s.state for s in _sessions(r)]
+            wanted = self.plan.expected_sessions(r.identity)
+            return states.count(PeerState.CONNECTED) >= wanted
+
+        while time.time() < deadline:
+            if all(r.error is not None or connected(r) for r in self.running):
+                return
+            await asyncio.sleep(SETTLE_POLL_S)
 
     # --- participants ------------------------------------------------------------------------
 
@@ -198,6 +278,7 @@ class LoadWorker:
                 retry=RetryPolicy(max_attempts=8, max_delay=5.0),
             )
         )
+        decode = plan.media == "full" or (plan.media == "preencoded" and plan.marks)
         hub = identity.hub_user_id
         call_filter: Callable[[ActiveSession], bool] | None = None
         if hub is not None:
@@ -211,19 +292,21 @@ class LoadWorker:
             session=SessionSettings(
                 session_timeout=plan.connect_timeout,
                 media_timeout=math.inf if plan.media == "none" else 10.0,
-                # preencoded: received RTP is counted (getStats), never decoded
-                decode_media=plan.media == "full",
+                # preencoded: received RTP is counted (getStats), not decoded; unless this
+                # participant measures mouth to ear (decoding is chosen per participant)
+                decode_media=decode,
                 quality_observer=self._quality_measured,
             ),
         )
         stop = asyncio.Event()
+        ears = _Ears(plan.mouth_to_ear if plan.marks else 0)
         participant = Participant(
             api,
             settings,
             local_tracks=self._local_tracks,
-            on_track=self._on_track if plan.media == "full" else None,
+            on_track=functools.partial(self._on_track, ears) if decode else None,
         )
-        running = _Running(identity, participant, stop)
+        running = _Running(identity, participant, stop, ears)
         running.task = tasks.create_task(self._run_one(running))
         self.running.append(running)
 
@@ -237,11 +320,33 @@ class LoadWorker:
         if self.plan.media == "preencoded" and self._preencoded is not None:
             return [self._preencoded.track()]
         if self.plan.media == "full":
-            return [tone_track()]  # its own encoder, like a real participant's
+            # its own encoder, like a real participant's
+            return [MarkedAudioTrack(tone_track()) if self.plan.marks else tone_track()]
         return []
 
-    def _on_track(self, session: PeerSession, track: MediaStreamTrack) -> Coroutine[Any, Any, None]:
-        return ReceivedMedia().consume(track)  # decodes every frame, like a real participant
+    def _on_track(
+        self, ears: _Ears, session: PeerSession, track: MediaStreamTrack
+    ) -> Coroutine[Any, Any, None]:
+        detector = ears.detector_for(session) if track.kind == "audio" else None
+        if detector is not None:
+            return self._measure(detector, track)
+        if self.plan.media == "full":
+            return ReceivedMedia().consume(track)  # decodes every frame, like a real participant
+        return _drain(track)  # decoded for a participant that measures other connections
+
+    async def _measure(self, detector: MarkDetector, track: MediaStreamTrack) -> None:
+        """Read `track` to its end through `detector` (every frame decoded)."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, av.AudioFrame):
+                    self._count_heard(detector.feed(frame))
+        self._count_heard(detector.flush())
+
+    def _count_heard(self, samples: list[LatencySample]) -> None:
+        for sample in samples:
+            self._heard[0] += 1
+            self._heard[1] += sample.latency_ms
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -285,6 +390,8 @@ class LoadWorker:
         mos_in, mos_out = quality.mos["inbound"], quality.mos["outbound"]
         frames, freezes, freeze_s = self._video
         self._video = [0, 0, 0.0]
+        heard, heard_ms = self._heard
+        self._heard = [0, 0.0]
         new_ttc = []
         for s in sessions:
             if s.time_to_connected is not None and id(s) not in self._reported_ttc:
@@ -323,6 +430,8 @@ class LoadWorker:
             video_frames=int(frames),
             freeze_count=int(freezes),
             freeze_duration_s=round(freeze_s, 3),
+            mouth_to_ear_n=int(heard),
+            mouth_to_ear_sum_ms=round(heard_ms, 3),
             time_to_connected_s=new_ttc,
         )
         self._last_packets = packets
@@ -395,8 +504,9 @@ class _QualityNow:
             self.video += 1
 
 
-def _session_result(s: PeerSession) -> SessionResult:
+def _session_result(s: PeerSession, ears: _Ears) -> SessionResult:
     quality = s.quality
+    mouth_to_ear, marks, missed = ears.figures(s)
     return SessionResult(
         remote_user_id=s.remote_user_id,
         state=s.state.value,
@@ -409,7 +519,17 @@ def _session_result(s: PeerSession) -> SessionResult:
             "inbound": _rounded(quality.inbound_total.as_dict()),
             "outbound": _rounded(quality.outbound_total.as_dict()),
         },
+        mouth_to_ear_ms=mouth_to_ear,
+        mouth_to_ear_marks=marks,
+        mouth_to_ear_missed=missed,
     )
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    """Read a track to its end, keeping nothing (aiortc queues what nobody reads)."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
 
 
 def _rounded(figures: dict[str, Any]) -> dict[str, Any]:

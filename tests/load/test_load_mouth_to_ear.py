@@ -1,0 +1,86 @@
+"""Mouth-to-ear latency in load runs: marked audio sent, the marks found in the received audio,
+per connection end, per second and in the summary; and nothing decoded for it when it is off."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.convex import make_http_client
+from agent.roles.load.plan import LoadPlan
+from agent.roles.load.provision import provision
+from agent.roles.load.worker import LoadWorker
+from tests.load.test_load import load
+
+LOOPBACK_MAX_MS = 500  # loopback adds next to nothing: encoder, jitter buffer, decoder
+
+
+@pytest.mark.parametrize("media", ["preencoded", "full"])
+def test_a_load_run_measures_mouth_to_ear(devserver: Any, tmp_path: Path, media: str) -> None:
+    result = load(
+        devserver,
+        tmp_path / "r",
+        *("--meetings", "1", "--peers-per-meeting", "2", "--duration", "5", "--media", media),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["plan"]["mouth_to_ear"] == 1  # the default
+
+    sessions = [s for p in report["participants"] for s in p["sessions"]]
+    assert len(sessions) == 2
+    for s in sessions:
+        # marks leave every 2 s and the hold is 5 s after both connected: each end heard some
+        assert s["mouth_to_ear_marks"] >= 1, s
+        assert 0 < s["mouth_to_ear_ms"] < LOOPBACK_MAX_MS, s
+
+    q = report["summary"]["quality"]
+    assert q["mouth_to_ear_connections"] == 2
+    assert q["mouth_to_ear_marks"] == sum(s["mouth_to_ear_marks"] for s in sessions)
+    m = q["mouth_to_ear_ms"]
+    assert 0 < m["p50"] <= m["p95"] <= m["max"] < LOOPBACK_MAX_MS
+    assert f"mouth to ear p50 {m['p50']:.0f} ms" in q["headline"]
+    # the end-of-run line carries the headline
+    assert q["headline"] in result.stdout
+
+    # per second: the marks heard and their latencies' sum (so shards add up)
+    rows = [row for row in report["timeline"] if row["mouth_to_ear_n"]]
+    assert rows and all(0 < r["mouth_to_ear_sum_ms"] / r["mouth_to_ear_n"] < 500 for r in rows)
+
+    page = (tmp_path / "r" / "report.html").read_text()
+    line = page.index('class="mouth-to-ear"')
+    assert page.index(html.escape(q["headline"])) < line < page.index("<svg")
+    assert f"p50 {m['p50']:g} ms" in page[line:]
+
+
+async def test_off_means_no_marks_and_nothing_decoded(devserver: Any, tmp_path: Path) -> None:
+    """--mouth-to-ear 0: plain pre-encoded audio, counting receivers, no detector, null fields."""
+    plan = LoadPlan(
+        url=devserver.url,
+        meetings=1,
+        peers_per_meeting=2,
+        duration=1.0,
+        report_dir=tmp_path,
+        ramp=20.0,
+        admin_key=devserver.admin_key,
+        ice_host_addresses=("127.0.0.1",),
+        mouth_to_ear=0,
+    )
+    async with make_http_client() as http:
+        identities = await provision(plan, http)
+    worker = LoadWorker(plan, identities, state_dir=tmp_path / "state")
+    result = await worker.run(time.time())
+
+    for running in worker.running:
+        assert running.participant.settings.session.decode_media is False
+        assert running.ears.detectors == {}
+    assert type(worker._preencoded).__name__ == "PreencodedAudio"
+    sessions = [s for p in result.participants for s in p.sessions]
+    assert [s.state for s in sessions] == ["connected", "connected"]
+    assert all(s.packets_received > 0 for s in sessions)  # audio flowed, counted
+    assert all(s.mouth_to_ear_ms is s.mouth_to_ear_marks is None for s in sessions)
+    assert all(row.mouth_to_ear_n == 0 for row in result.samples)
