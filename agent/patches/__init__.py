@@ -95,6 +95,33 @@ The patches, by name:
 - Why: a MediaPlayer decodes and queues every stream of the file whether its track is read or
   not; the agent plays one kind per player, and the other's frames would pile up without bound.
 - Fallback: both streams are decoded; the agent discards the other stream's frames as it plays.
+
+**`audio_jitter_buffer`** (`agent.patches.recovery`; aiortc 1.16.0)
+
+- Replaces `aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__` (wrapped), and per audio receiver its
+  `__jitter_buffer` with an `AudioJitterBuffer`.
+- Why: aiortc's audio jitter buffer stops at a lost packet until it holds 16, then discards the
+  four frames queued ahead of the hole: each lost packet costs five frames, and from the first
+  loss on audio plays about 300 ms late. The agent's releases the oldest packet it holds once
+  more than four are queued, stepping over holes: a loss costs its own frame, the delay stays
+  80 ms (as aiortc's on a perfect link); a packet later than what was played is dropped.
+- Fallback: aiortc's audio jitter buffer.
+
+**`video_loss_recovery`** (`agent.patches.recovery`; aiortc 1.16.0)
+
+- Replaces `aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__` (wrapped), and per video receiver its
+  `__nack_generator` and `__jitter_buffer` (a `RecoveringNackGenerator` and a
+  `RecoveringJitterBuffer`, subclasses of aiortc's).
+- Why: aiortc asks for a missing video packet again only when a later gap appears, so a hole
+  whose NACK or retransmission was lost (a clean link after a loss burst) holds every later
+  frame until 512 packets have arrived, 10 s or more, before a keyframe request restarts the
+  video. The agent asks again for each packet still missing about once a round trip (up to four
+  NACKs; the round trip is estimated from the answers to earlier ones, 150 ms until one came),
+  and gives it up three round trips (at least 250 ms) after it went missing, or once the sender
+  no longer keeps it (128 packets later). A hole given up at the head of the
+  jitter buffer drops the frames it broke and sends a keyframe request (PLI) at once, at most
+  one every 300 ms.
+- Fallback: aiortc's NACKs and video jitter buffer.
 """
 
 from __future__ import annotations
@@ -104,7 +131,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from agent.patches import certificate, descriptions, ice, player, receiver, sender
+from agent.patches import certificate, descriptions, ice, player, receiver, recovery, sender
 from agent.patches._patch import VERIFIED_VERSIONS, Patch
 
 __all__ = [
@@ -132,6 +159,8 @@ PATCHES: Mapping[str, Patch] = MappingProxyType(
             receiver.COUNTING_RECEIVERS,
             receiver.COUNTING_PATH,
             player.ONE_STREAM_PLAYER,
+            recovery.AUDIO_JITTER_BUFFER,
+            recovery.VIDEO_LOSS_RECOVERY,
         )
     }
 )

@@ -39,8 +39,12 @@ BURST_S = 1.0  # 50 % loss both ways, on top of the profile
 BURST_LOSS = 0.5
 RECOVER_S = 3.0  # video frames must be arriving again within this after the burst
 AUDIO_FPS = 50  # 20 ms Opus frames
-AUDIO_FLOOR = {"good": 0.9, "wifi": 0.65, "mobile": 0.45, "bad": 0.2}  # of real time, see below
-STUCK_PACKETS = 100  # a video jitter buffer holding this many waits for a hole
+# Audio frames heard, as a share of real time, at least (see below): at the agent's end, with its
+# audio jitter buffer (agent.patches.recovery), and at the plain aiortc peer's, with aiortc's.
+AUDIO_FLOOR = {
+    "agent": {"good": 0.9, "wifi": 0.75, "mobile": 0.5, "bad": 0.3},
+    "peer": {"good": 0.85, "wifi": 0.65, "mobile": 0.45, "bad": 0.2},
+}
 # The bounds no buffer may pass: aiortc's own capacities (jitter buffers 16 and 512 packets, RTP
 # history and NACK window 128), and for the unbounded queues (decoder, track, ICE receive queue,
 # UDP send buffer) a few frames' or packets' worth: a consumer that keeps up.
@@ -202,27 +206,23 @@ async def test_a_call_under_the_profile(
             at_burst_end = await peer.status()
 
             # Video keeps arriving at both ends: frames after the burst, as at the end of the hold.
-            async def video_again() -> dict[str, Any] | None:
-                status = await peer.status()
+            def recovered(status: dict[str, Any]) -> dict[str, bool]:
                 agent_frames = frames_between(agent.video_at, burst_end + 0.5, time.monotonic())
                 peer_frames = status["video_frames"] - at_burst_end["video_frames"]
-                return status if agent_frames >= 10 and peer_frames >= 15 else None
+                return {"agent": agent_frames >= 10, "peer": peer_frames >= 15}
+
+            async def video_again() -> dict[str, Any] | None:
+                status = await peer.status()
+                return status if all(recovered(status).values()) else None
 
             stuck: dict[str, Any] | None = None
             try:
                 async with asyncio.timeout(RECOVER_S):
                     after = await poll_until(video_again)
             except TimeoutError:
-                # Which end is stuck: no frame for a second, its jitter buffer holding many.
-                earlier = await peer.status()
-                await asyncio.sleep(1.0)
                 after = await peer.status()
-                now = time.monotonic()
                 stuck = {
-                    "agent": frames_between(agent.video_at, now - 1.0, now) == 0
-                    and agent.levels[-1]["video_jitter_buffer"] > STUCK_PACKETS,
-                    "peer": after["video_frames"] == earlier["video_frames"]
-                    and after["levels_now"]["video_jitter_buffer"] > STUCK_PACKETS,
+                    "recovered": recovered(after),
                     "agent_levels": agent.levels[-1],
                     "peer_levels": after["levels_now"],
                 }
@@ -250,12 +250,15 @@ async def test_a_call_under_the_profile(
     # The call was up to the end, both ways.
     assert after["state"] == "connected" and agent.state == "connected", message
     # Audio keeps playing: no long silence, at most real time, and at least the share of it that
-    # aiortc's audio jitter buffer releases under the profile (docs/network.md: it drops the four
-    # frames queued ahead of each loss). Replaying 30 000 packets drawn by each profile's model
-    # through aiortc's JitterBuffer, the lowest 2 s window released 100, 74, 55 and 23 % (good,
-    # wifi, mobile, bad): the floors sit under those.
+    # the end's audio jitter buffer releases under the profile (docs/network.md). Replaying
+    # 30 000 packets drawn by each profile's model (three seeds), the lowest 2 s window released
+    # 100, 93, 87 and 47 % (good, wifi, mobile, bad) through the agent's AudioJitterBuffer, and
+    # 100, 71, 40 and 21 % through aiortc's JitterBuffer (it drops the four frames queued ahead
+    # of each loss). In the calls the agent's end heard 96-102, 99-102, 95-98 and 82-88 % in
+    # most runs, but twice in 40 calls 79 % and 50 % (the hold starts as the call does, on a
+    # machine shared with other tests): the floors sit under all of those.
     for end in ("agent", "peer"):
-        assert AUDIO_FPS * AUDIO_FLOOR[profile] <= heard[end] <= AUDIO_FPS * 1.1, message
+        assert AUDIO_FPS * AUDIO_FLOOR[end][profile] <= heard[end] <= AUDIO_FPS * 1.1, message
         assert gaps[end] < 1.0, message
     # Loss was answered with retransmissions: receivers asked, senders were asked, RTX arrived.
     for mine, theirs, rtx in (
@@ -263,15 +266,24 @@ async def test_a_call_under_the_profile(
         (peer_requests, agent_requests, after["rtx_received"]),
     ):
         assert mine["nacks_sent"] > 0 and theirs["retransmits_asked"] > 0 and rtx > 0, message
-        # every keyframe request this end's receivers sent (if any) reached the other's sender
-        assert theirs["keyframes_asked"] >= min(1, mine["plis_sent"]), message
+    # The peer's keyframe requests (aiortc's: a decoding error, an overflowing jitter buffer) all
+    # reached the agent's sender. The agent's own may be lost in the burst and not repeated: its
+    # video receivers ask again only until a keyframe comes, and aiortc's encoder starts one
+    # unasked when its bitrate changes (tests/patches/test_loss_recovery.py checks the repeats).
+    assert agent_requests["keyframes_asked"] >= min(1, peer_requests["plis_sent"]), message
     assert requests_before[0]["nacks_sent"] < agent_requests["nacks_sent"], message
-    if stuck is not None:
-        # aiortc 1.16 (docs/network.md, "What aiortc does under loss"): a hole whose NACK or
-        # retransmission was lost, with no later gap to ask again, holds video back until its
-        # jitter buffer overflows (512 packets). Only that is expected; anything else fails.
-        assert stuck["agent"] or stuck["peer"], f"video did not recover: {json.dumps(stuck)}"
-        pytest.xfail(f"aiortc's video jitter buffer waits for a hole no one asks for: {stuck}")
+    # Video came back at the agent's end within RECOVER_S of the burst: its receivers ask again
+    # for what is still missing, then give it up and ask for a keyframe (agent.patches.recovery).
+    assert stuck is None or stuck["recovered"]["agent"], f"video stalled: {stuck} {message}"
+    # And at the peer's, unless its plain aiortc receiver waits, as aiortc 1.16's does, for a
+    # packet whose NACK or retransmission was lost, with no later gap to ask for it again
+    # (docs/network.md): a hole still in its NACK list and its jitter buffer filling behind it.
+    # The agent's sender answered what it was asked (above); nothing else is accepted.
+    if stuck is not None and not stuck["recovered"]["peer"]:
+        waits = stuck["peer_levels"]
+        assert waits["video_nack_missing"] > 0 and waits["video_jitter_buffer"] > 50, (
+            f"the peer's video stalled otherwise: {stuck} {message}"
+        )
     # Nothing grew past its bound, at either end, through the hold, the burst and the recovery.
     highest = {
         "agent": {name: max(s.get(name, 0) for s in agent.levels) for name in BOUNDS},

@@ -14,11 +14,14 @@ from typing import Any
 import aioice.ice
 import aiortc.rtcpeerconnection
 import pytest
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcrtpreceiver import NackGenerator
 
 from agent.patches import PATCHES
 from agent.patches.certificate import SharedCertificate
 from agent.patches.descriptions import find_common_codecs
 from agent.patches.receiver import _CountingPath, _NoJitterBuffer
+from agent.patches.recovery import AudioJitterBuffer, RecoveringNackGenerator
 from tests.patches.conftest import GATHER_CAP_S, Call, CallFactory, media_both_ways
 
 _CANDIDATE_ADDRESS = re.compile(r"^a=candidate:(?:\S+\s+){4}(\S+)\s", re.MULTILINE)
@@ -37,6 +40,12 @@ def _unplayed_backlog(call: Call) -> int:
 
 def _receivers(call: Call) -> list[Any]:
     return [t.receiver for t in call.pc.getTransceivers()]
+
+
+def _peer_receiver(call: Call, kind: str) -> Any:
+    """The aiortc peer's receiver of `kind` (it decodes, so it keeps its jitter buffers)."""
+    assert call.peer.pc is not None
+    return next(t.receiver for t in call.peer.pc.getTransceivers() if t.receiver.track.kind == kind)
 
 
 # patch -> (what shows it at work, what shows its fallback), read from a call with media flowing
@@ -79,6 +88,20 @@ AT_WORK: dict[str, tuple[Callable[[Call], bool], Callable[[Call], bool]]] = {
         lambda c: _player_streams(c) == 1,
         # both streams decoded, the unplayed one's frames discarded as the video plays
         lambda c: _player_streams(c) == 2 and _unplayed_backlog(c) < 100,
+    ),
+    "audio_jitter_buffer": (
+        lambda c: isinstance(
+            _peer_receiver(c, "audio")._RTCRtpReceiver__jitter_buffer, AudioJitterBuffer
+        ),
+        lambda c: type(_peer_receiver(c, "audio")._RTCRtpReceiver__jitter_buffer) is JitterBuffer,
+    ),
+    "video_loss_recovery": (
+        lambda c: all(
+            isinstance(r._RTCRtpReceiver__nack_generator, RecoveringNackGenerator)
+            for r in (_peer_receiver(c, "video"), *_receivers(c))
+            if r.track.kind == "video"
+        ),
+        lambda c: type(_peer_receiver(c, "video")._RTCRtpReceiver__nack_generator) is NackGenerator,
     ),
 }
 
