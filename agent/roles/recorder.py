@@ -67,9 +67,27 @@ class Recorder:
         user = track.participant.user_id
         log.info("recording %s from user %s, session %s", track.kind, user, track.session_id)
         tasks.create_task(
-            self.recording.record(user, track.session_id, track.kind, _frames(track)),
+            self.recording.record(
+                user,
+                track.session_id,
+                track.kind,
+                _frames(track),
+                # its packets' arrival and the sender's RTCP reports place each frame in time
+                receiver=self._receiver(track),
+            ),
             name=f"record-{track.kind}-{track.session_id}",
         )
+
+    def _receiver(self, track: RemoteTrack) -> Any:
+        """The aiortc receiver of `track`: its session's newest of that kind (None if gone)."""
+        manager = self.participant.manager
+        session = manager.sessions.get(track.session_id) if manager is not None else None
+        pc = session.pc if session is not None else None
+        found = None
+        for receiver in pc.getReceivers() if pc is not None else []:
+            if receiver.track is not None and receiver.track.kind == track.kind:
+                found = receiver
+        return found
 
     def _quality_measured(self, session: PeerSession, interval: IntervalQuality) -> None:
         self.quality[session.remote_session_id] = session.quality

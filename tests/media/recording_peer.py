@@ -184,7 +184,6 @@ async def record_over_link(
     seconds: float,
     *,
     kill_after: float | None = None,
-    packet_placed: bool = True,
     seed: int = 21,
     connect_timeout: float = 30.0,
 ) -> RecordedRun:
@@ -192,9 +191,7 @@ async def record_over_link(
     marked sender (this module, a process in side B) across an ImpairedLink under `profile`;
     both reach `backend` (a DevServerProcess) through TcpForwarders. The sender sends `seconds`
     of media; then the recorder gets SIGTERM. With `kill_after`: SIGKILL once its audio file has
-    this many seconds (by the manifest), while the sender is still sending. `packet_placed`:
-    the recorder gives the recording each track's receiver (`run_recorder`); False: the role
-    as it is."""
+    this many seconds (by the manifest), while the sender is still sending."""
     import signal
     import uuid
 
@@ -210,9 +207,7 @@ async def record_over_link(
     out = work / "out"
     root = out / meeting_id
     stderr = work / "recorder.log"
-    recorder_command = (
-        (sys.executable, __file__, "recorder") if packet_placed else (sys.executable, "-m", "agent")
-    )
+    recorder_command = (sys.executable, "-m", "agent")
     sent: dict[str, Any] = {}
     async with (
         ImpairedLink(profile, seed=seed) as link,
@@ -485,52 +480,5 @@ async def main() -> None:
                 await ended
 
 
-def receiver_of(recorder: Any, track: Any) -> Any:
-    """The aiortc receiver of a recorder's RemoteTrack: its session's newest of that kind."""
-    manager = recorder.participant.manager
-    session = manager.sessions.get(track.session_id) if manager is not None else None
-    pc = session.pc if session is not None else None
-    found = None
-    for receiver in pc.getReceivers() if pc is not None else []:
-        if receiver.track is not None and receiver.track.kind == track.kind:
-            found = receiver
-    return found
-
-
-def run_recorder(argv: list[str]) -> int:
-    """`connvo-agent run` (argv) whose recorder passes each track's aiortc receiver to the
-    recording (MeetingRecording.record(receiver=...)), as agent/roles/recorder.py is to."""
-    import logging
-
-    import agent.roles.recorder as role
-    from agent.cli.main import main as cli_main
-    from agent.meeting import TrackAdded
-
-    class PacketPlacedRecorder(role.Recorder):
-        def _on_event(self, event: Any, tasks: asyncio.TaskGroup) -> None:
-            if not isinstance(event, TrackAdded):
-                return
-            self.first_track.set()
-            self.recording.recorder_user_id = self.meeting.user_id
-            track = event.track
-            user = track.participant.user_id
-            logging.getLogger(role.__name__).info("recording %s of %s", track.kind, user)
-            tasks.create_task(
-                self.recording.record(
-                    user,
-                    track.session_id,
-                    track.kind,
-                    role._frames(track),
-                    receiver=receiver_of(self, track),
-                ),
-                name=f"record-{track.kind}-{track.session_id}",
-            )
-
-    role.Recorder = PacketPlacedRecorder  # type: ignore[misc]
-    return cli_main(argv)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["recorder"]:
-        sys.exit(run_recorder(sys.argv[2:]))
     asyncio.run(main())

@@ -164,8 +164,12 @@ async def finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:
 
 
 async def track_ended(track: Any) -> None:
-    """Wait until a MediaPlayer track has played its file to the end."""
-    if track.readyState == "ended":
+    """Wait until a MediaPlayer track has played its file to the end.
+
+    `track` is a sender's track, read when the test gets there: aiortc's sender lets go of its
+    track (None) once the track has ended, so None means it already has.
+    """
+    if track is None or track.readyState == "ended":
         return
     ended = asyncio.Event()
     track.on("ended", ended.set)
