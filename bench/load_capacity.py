@@ -155,6 +155,9 @@ def run_agent_step(
         str(RAMP_PER_S),
         "--media",
         media,
+        # capacity without mouth-to-ear marks: measuring them decodes the received audio
+        "--mouth-to-ear",
+        "0",
         "--procs",
         "1",
         *(("--network", network) if network else ("--ice-host", "127.0.0.1")),
