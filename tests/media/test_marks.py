@@ -137,9 +137,10 @@ async def test_preencoded_marks_leave_on_the_schedule_and_are_heard() -> None:
 
 
 async def test_a_mark_lost_on_an_impaired_link_is_missed_not_mismeasured() -> None:
-    """aiortc plays no concealment: a lost packet leaves a gap in the decoded audio (and its
-    jitter buffer grows to about 300 ms). A chirp with a packet missing is missed; every mark
-    heard is dated as the jitter buffer's delay says it should be."""
+    """aiortc plays no concealment: a lost packet leaves a gap in the decoded audio. A chirp with
+    a packet missing is missed; every mark heard is dated as the jitter buffer's delay says it
+    should be (whichever jitter buffer is installed: aiortc's grows after a loss, the agent's
+    audio_jitter_buffer patch keeps its depth)."""
     detector = MarkDetector(LOSSY)
     watches: list[JitterBufferWatch] = []
     offer: concurrent.futures.Future[RTCSessionDescription] = concurrent.futures.Future()
@@ -193,8 +194,6 @@ async def test_a_mark_lost_on_an_impaired_link_is_missed_not_mismeasured() -> No
     samples = list(detector.samples)
     assert all(0 < s.latency_ms <= 360 and s.score >= 0.8 for s in samples), samples
     assert_explained_by_jitter_buffer(samples[clean:], watches[0])
-    # the loss made the jitter buffer hold more: the figure followed it
-    assert samples[-1].latency_ms > samples[clean - 1].latency_ms + 100, samples
 
 
 async def _both(detector: MarkDetector, heard: int, missed: int) -> bool:
