@@ -70,6 +70,8 @@ VIDEO_CONTAINER, VIDEO_CODEC, VIDEO_SUFFIX = "webm", "libvpx", "webm"
 AUDIO_RATE = 48_000
 VIDEO_TIME_BASE = Fraction(1, 1000)
 VIDEO_BITRATE = 1_000_000
+# Speech needs far less than libopus's default for 48 kHz stereo (about 190 kbit/s).
+AUDIO_BITRATE = 64_000
 
 # Flushing, so that a kill -9 loses about a second at most.
 OGG_PAGE_S = 0.5
@@ -432,6 +434,7 @@ class TrackWriter:
                 layout = "mono" if frame.layout.name == "mono" else "stereo"
                 self._stream = self._container.add_stream(AUDIO_CODEC, rate=AUDIO_RATE)
                 self._stream.layout = layout
+                self._stream.bit_rate = AUDIO_BITRATE
                 self._resampler = av.AudioResampler(format="s16", layout=layout, rate=AUDIO_RATE)
             else:
                 self.width = frame.width - frame.width % 2
