@@ -52,7 +52,6 @@ the figure on a perfect link.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -63,7 +62,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import numpy as np
@@ -72,16 +71,13 @@ from av.frame import Frame
 from av.packet import Packet
 
 from agent.media.packet_pump import PacketPump
-from agent.media.pcm import AUDIO_TIME_BASE, SAMPLE_RATE, SAMPLES_PER_FRAME, tone_pcm
+from agent.media.pcm import SAMPLE_RATE, SAMPLES_PER_FRAME, tone_pcm
 from agent.media.preencoded import (
     FrameClock,
     PreencodedAudio,
-    PreencodedAudioTrack,
     encode_opus_loop,
 )
-
-if TYPE_CHECKING:
-    from agent.media.packet_pump import _Stream
+from agent.patches.observe import watch_jitter_buffer
 
 log = logging.getLogger(__name__)
 
@@ -262,59 +258,6 @@ def _written(
     return out
 
 
-def _aligned_origin(loop: asyncio.AbstractEventLoop, cycle_s: float) -> float:
-    """The event loop's time at which the current `cycle_s`-long cycle of Unix time began."""
-    wall, mono = time.time(), loop.time()
-    return mono - (wall - math.floor(wall / cycle_s) * cycle_s)
-
-
-class _AlignedPump(PacketPump):
-    """A PacketPump whose frame times fall on the Unix clock's 20 ms grid, starting at a loop
-    cycle: every stream sends the loop's packet for the frame time, whenever it joined."""
-
-    def __init__(self, payloads: list[bytes], cycle_s: float) -> None:
-        super().__init__(payloads, FRAME_S, SAMPLES_PER_FRAME)
-        self.cycle_s = cycle_s
-
-    def _add(self, stream: _Stream) -> None:
-        loop = asyncio.get_running_loop()
-        if self._origin is None:
-            self._origin = _aligned_origin(loop, self.cycle_s)
-        # frame k of the stream = frame time k: packet k % len(loop), sent from the next tick on
-        stream.first_tick = 0
-        stream.next_tick = self._tick_at(loop.time()) + 1
-        super()._add(stream)
-
-
-class _AlignedClock(FrameClock):
-    def __init__(self, cycle_s: float) -> None:
-        super().__init__(FRAME_S)
-        self.cycle_s = cycle_s
-
-    def next_tick(self) -> int:
-        if self._origin is None:
-            self._origin = _aligned_origin(asyncio.get_running_loop(), self.cycle_s)
-        return super().next_tick()
-
-
-class _MarkedPreencodedTrack(PreencodedAudioTrack):
-    """Yields the loop's packet for each frame time on the aligned clock (when not pumped)."""
-
-    async def recv(self) -> Packet[Any]:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._tick is None:
-            self._tick = self._clock.next_tick()
-        else:
-            self._tick += 1
-            self._pts += SAMPLES_PER_FRAME
-        await self._clock.wait(self._tick)  # the first frame too: it leaves on the grid
-        packet = Packet(self._payloads[self._tick % len(self._payloads)])
-        packet.pts = self._pts
-        packet.time_base = AUDIO_TIME_BASE
-        return packet
-
-
 class MarkedPreencodedAudio(PreencodedAudio):
     """`tone` or `silence` with the schedule's marks, encoded once (a loop of two periods, its
     start on a multiple of two periods of Unix time); `track()` per connection, as
@@ -338,14 +281,9 @@ class MarkedPreencodedAudio(PreencodedAudio):
             pcm[at : at + len(wave)] = wave[: samples - at]
         self.spec = spec
         self.payloads = encode_opus_loop(pcm)
-        self.clock = _AlignedClock(cycle_s)
-        self.pump = _AlignedPump(self.payloads, cycle_s)
+        self.clock = FrameClock(FRAME_S, aligned_cycle_s=cycle_s)
+        self.pump = PacketPump(self.payloads, FRAME_S, SAMPLES_PER_FRAME, aligned_cycle_s=cycle_s)
         self._tracks = weakref.WeakSet()
-
-    def track(self) -> MediaStreamTrack:
-        track = _MarkedPreencodedTrack(self.payloads, self.clock, self.pump)
-        self._tracks.add(track)
-        return track
 
 
 # --- receivers ---------------------------------------------------------------------------------
@@ -731,32 +669,14 @@ class MarkDetector:
 class JitterBufferWatch:
     """An aiortc receiver's own jitter-buffer delay, per frame: from the arrival of the frame's
     first packet at the buffer to the buffer's release of the frame (Unix time, ms), in a
-    LatencyHistogram. Reaches into aiortc's receiver (its private jitter buffer): a measurement
-    aid for tests and benchmarks; `installed` is False where aiortc's internals moved."""
+    LatencyHistogram (agent.patches.observe reaches into the receiver): a measurement aid for
+    tests and benchmarks; `installed` is False where aiortc's internals moved."""
 
     def __init__(self, receiver: Any, *, clock: Callable[[], float] = time.time) -> None:
         self.histogram = LatencyHistogram()
         self.recent: deque[tuple[float, float]] = deque(maxlen=512)  # (released at, delay ms)
-        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        self.installed = False
-        if buffer is None or not callable(getattr(buffer, "add", None)):
-            return
-        self.installed = True
-        add = buffer.add
-        arrived: dict[int, float] = {}  # RTP timestamp -> first packet's arrival
+        self.installed = watch_jitter_buffer(receiver, self._released, clock=clock)
 
-        def timed_add(packet: Any) -> Any:
-            now = clock()
-            arrived.setdefault(packet.timestamp, now)
-            result = add(packet)
-            released = result[1]
-            if released is not None:
-                since = arrived.pop(released.timestamp, None)
-                if since is not None:
-                    self.histogram.add(1000 * (now - since))
-                    self.recent.append((now, 1000 * (now - since)))
-            while len(arrived) > 64:  # lost and dropped frames' entries
-                del arrived[next(iter(arrived))]
-            return result
-
-        buffer.add = timed_add
+    def _released(self, at: float, delay_s: float) -> None:
+        self.histogram.add(1000 * delay_s)
+        self.recent.append((at, 1000 * delay_s))

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import struct
+import time
 from typing import Any
 
 from aiortc import clock
@@ -41,16 +42,35 @@ _ExtKey = tuple[int | None, int | None, str | None]
 _EXTENSION_HEADER = struct.Struct("!HH")
 
 
+def aligned_origin(loop: asyncio.AbstractEventLoop, cycle_s: float) -> float:
+    """The event loop's time at which the current `cycle_s`-long cycle of Unix time began."""
+    wall, mono = time.time(), loop.time()
+    return mono - (wall - math.floor(wall / cycle_s) * cycle_s)
+
+
 class PacketPump:
     """One timer for every stream of one encoded loop: each frame time sends every stream's packet.
 
-    `payloads` is the loop (one payload per frame); `frame_samples` the RTP timestamp step.
+    `payloads` is the loop (one payload per frame); `frame_samples` the RTP timestamp step. By
+    default each stream plays the loop from its first packet when it joins. With
+    `aligned_cycle_s`, frame times fall on Unix time instead: the pump's first frame time is the
+    start of the current `aligned_cycle_s`-long cycle of Unix time, and every stream sends the
+    loop's packet for the frame time (packet k % len at frame time k), whenever it joined, so that
+    what the loop holds at a given moment (agent.media.marks' latency marks) leaves at that moment.
     """
 
-    def __init__(self, payloads: list[bytes], period: float, frame_samples: int) -> None:
+    def __init__(
+        self,
+        payloads: list[bytes],
+        period: float,
+        frame_samples: int,
+        *,
+        aligned_cycle_s: float | None = None,
+    ) -> None:
         self.payloads = payloads
         self.period = period
         self.frame_samples = frame_samples
+        self.aligned_cycle_s = aligned_cycle_s
         self._streams: dict[_Stream, None] = {}  # insertion-ordered set
         self._origin: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -80,7 +100,8 @@ class PacketPump:
     def _add(self, stream: _Stream) -> None:
         loop = asyncio.get_running_loop()
         if self._origin is None:
-            self._origin = loop.time()
+            cycle_s = self.aligned_cycle_s
+            self._origin = loop.time() if cycle_s is None else aligned_origin(loop, cycle_s)
         self._streams[stream] = None
         if self._timer is None:
             self._schedule(loop, self._tick_at(loop.time()))
@@ -147,7 +168,9 @@ class _Stream:
         if track.readyState != "live":
             raise ConnectionError("track ended")  # aiortc's loop ends on MediaStreamError
         if self.first_tick is None:
-            self.first_tick = self.next_tick = tick
+            # aligned: frame time k is frame k of the loop; otherwise the loop starts now
+            self.first_tick = 0 if self.pump.aligned_cycle_s is not None else tick
+            self.next_tick = tick
         elif tick - self.next_tick >= MAX_CATCH_UP_FRAMES:
             self.next_tick = tick - MAX_CATCH_UP_FRAMES + 1
         while self.next_tick <= tick:

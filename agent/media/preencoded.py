@@ -25,7 +25,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.packet import Packet
 
-from agent.media.packet_pump import PacketPump
+from agent.media.packet_pump import PacketPump, aligned_origin
 from agent.media.pcm import (
     AUDIO_TIME_BASE,
     SAMPLE_RATE,
@@ -94,16 +94,20 @@ class FrameClock:
     same tick all resume in the same turn of the event loop.
     """
 
-    def __init__(self, period: float) -> None:
+    def __init__(self, period: float, *, aligned_cycle_s: float | None = None) -> None:
         self.period = period
+        # Ticks on Unix time, tick 0 at the start of a cycle of this length (PacketPump's)
+        self.aligned_cycle_s = aligned_cycle_s
         self._origin: float | None = None
         self._waiting: dict[int, asyncio.Event] = {}
 
     def next_tick(self) -> int:
         """The first tick at or after now."""
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if self._origin is None:
-            self._origin = now
+            cycle_s = self.aligned_cycle_s
+            self._origin = now if cycle_s is None else aligned_origin(loop, cycle_s)
         return math.ceil((now - self._origin) / self.period)
 
     async def wait(self, tick: int) -> None:
@@ -139,13 +143,18 @@ class PreencodedAudioTrack(MediaStreamTrack):
     async def recv(self) -> Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
+        aligned = self._clock.aligned_cycle_s is not None
         if self._tick is None:
-            self._tick = self._clock.next_tick()  # the first frame goes at once
+            self._tick = self._clock.next_tick()  # the first frame goes at once ...
+            if aligned:
+                await self._clock.wait(self._tick)  # ... unless it leaves on the Unix grid
         else:
             self._tick += 1
             self._pts += SAMPLES_PER_FRAME
             await self._clock.wait(self._tick)
-        packet = Packet(self._payloads[(self._pts // SAMPLES_PER_FRAME) % len(self._payloads)])
+        # aligned: the loop's frame for the frame time (as PacketPump sends it)
+        frame = self._tick if aligned else self._pts // SAMPLES_PER_FRAME
+        packet = Packet(self._payloads[frame % len(self._payloads)])
         packet.pts = self._pts
         packet.time_base = AUDIO_TIME_BASE
         return packet
