@@ -122,6 +122,10 @@ The patches, by name:
   jitter buffer drops the frames it broke and sends a keyframe request (PLI) at once, at most
   one every 300 ms.
 - Fallback: aiortc's NACKs and video jitter buffer.
+
+Not a patch, and never installed: `agent.patches.observe.watch_jitter_buffer(receiver, ...)`
+(aiortc 1.16.0) dates the frames one receiver's private jitter buffer takes in and releases,
+changing nothing it does. Measurement code calls it per receiver (`JitterBufferWatch`).
 """
 
 from __future__ import annotations
