@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import AgentSettings
@@ -56,18 +55,23 @@ def participant_settings(settings: AgentSettings) -> ParticipantSettings:
 
 
 def watch_quality(
-    settings: ParticipantSettings, observer: Callable[[PeerSession, IntervalQuality], None]
+    settings: ParticipantSettings,
+    latest: dict[str, SessionQuality],
+    metrics: AgentMetrics | None,
 ) -> ParticipantSettings:
-    """`settings` whose sessions also tell `observer` each quality measurement (a copy: the
-    caller's settings are left as they are)."""
+    """`settings` whose sessions, at each quality measurement, also keep their figures in
+    `latest` (by remote session id, for the exit summary) and give the interval to `metrics`
+    (a copy: the caller's settings are left as they are)."""
     previous = settings.session.quality_observer
 
-    def both(session: PeerSession, interval: IntervalQuality) -> None:
+    def measured(session: PeerSession, interval: IntervalQuality) -> None:
         if previous is not None:
             previous(session, interval)
-        observer(session, interval)
+        latest[session.remote_session_id] = session.quality
+        if metrics is not None:
+            metrics.observe_quality(interval.inbound, interval.outbound)
 
-    session = dataclasses.replace(settings.session, quality_observer=both)
+    session = dataclasses.replace(settings.session, quality_observer=measured)
     return dataclasses.replace(settings, session=session)
 
 
@@ -93,7 +97,7 @@ class Bot:
         self._states: dict[str, str] = {}  # remote session id -> its connection's state
         self.meeting = Meeting(
             api,
-            watch_quality(settings, self._quality_measured),
+            watch_quality(settings, self.report.quality, metrics),
             decode=settings.session.decode_media,
             tracks_for_peer=sources.local_tracks,
             metrics=metrics,
@@ -128,11 +132,6 @@ class Bot:
             for s in self._states.values():
                 counts[s] = counts.get(s, 0) + 1
             self.metrics.set_sessions(counts)
-
-    def _quality_measured(self, session: PeerSession, interval: IntervalQuality) -> None:
-        self.report.quality[session.remote_session_id] = session.quality
-        if self.metrics is not None:
-            self.metrics.observe_quality(interval.inbound, interval.outbound)
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_meeting(self.meeting, stop, self._on_event)

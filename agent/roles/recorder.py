@@ -16,8 +16,7 @@ from agent.media.recording import MeetingRecording
 from agent.meeting import Event, Meeting, RemoteTrack, TrackAdded
 from agent.metrics import AgentMetrics
 from agent.peer.participant import Participant, ParticipantSettings
-from agent.peer.session import PeerSession
-from agent.peer.session_quality import IntervalQuality, SessionQuality, describe
+from agent.peer.session_quality import SessionQuality, describe
 from agent.roles.bot import watch_quality
 from agent.roles.meeting_loop import run_meeting
 from agent.signaling.api import ConnvoApi
@@ -49,7 +48,7 @@ class Recorder:
         self.quality: dict[str, SessionQuality] = {}  # by remote session id, as last measured
         self.meeting = Meeting(
             api,
-            watch_quality(settings, self._quality_measured),
+            watch_quality(settings, self.quality, metrics),
             tracks_for_peer=list,
             metrics=metrics,
         )
@@ -88,11 +87,6 @@ class Recorder:
             if receiver.track is not None and receiver.track.kind == track.kind:
                 found = receiver
         return found
-
-    def _quality_measured(self, session: PeerSession, interval: IntervalQuality) -> None:
-        self.quality[session.remote_session_id] = session.quality
-        if self.metrics is not None:
-            self.metrics.observe_quality(interval.inbound, interval.outbound)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.recording.write_manifest()
