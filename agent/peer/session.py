@@ -85,6 +85,11 @@ class SessionSettings:
     gather_timeout: float = DEFAULT_GATHER_TIMEOUT_S
     # False: received media is counted (getStats) but not decoded; remote tracks yield nothing
     decode_media: bool = True
+    # If set, decides instead of decode_media for each session, as each of its connections is
+    # made (a load participant decodes only the connections it measures mouth to ear on)
+    decode_media_for: Callable[[PeerSession], bool] | None = field(
+        default=None, repr=False, compare=False
+    )
     # Seconds between two quality measurements of a connection (docs/quality.md); each is taken
     # at the liveness check due then, from the getStats reading it makes anyway
     quality_interval: float = 5.0
@@ -504,7 +509,9 @@ class PeerSession:
         # A replacement must present a certificate of its own: with the fingerprint unchanged, a
         # browser keeps its DTLS session across the ICE restart and ignores the new handshake.
         pc = new_peer_connection(configuration) if old is None else RTCPeerConnection(configuration)
-        if not self.settings.decode_media:
+        choose = self.settings.decode_media_for
+        decode = self.settings.decode_media if choose is None else choose(self)
+        if not decode:
             count_only(pc)
         self.pc = pc
         self._quality.new_connection()
@@ -523,7 +530,7 @@ class PeerSession:
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video" and self.settings.decode_media:
+            if track.kind == "video" and decode:
                 self._quality.watch_video(track)  # frames and freezes, as they arrive
             consumer = self.hooks.on_track(self, track)
             if consumer is not None and self._tasks is not None:

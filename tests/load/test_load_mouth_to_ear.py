@@ -3,6 +3,7 @@ per connection end, per second and in the summary; and nothing decoded for it wh
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import time
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 
 from agent.convex import make_http_client
+from agent.peer.session import PeerSession, PeerState
 from agent.roles.load.plan import LoadPlan
 from agent.roles.load.provision import provision
 from agent.roles.load.worker import LoadWorker
 from tests.load.test_load import load
+from tests.support.waiting import poll_until
 
 LOOPBACK_MAX_MS = 500  # loopback adds next to nothing: encoder, jitter buffer, decoder
 
@@ -84,3 +87,55 @@ async def test_off_means_no_marks_and_nothing_decoded(devserver: Any, tmp_path: 
     assert all(s.packets_received > 0 for s in sessions)  # audio flowed, counted
     assert all(s.mouth_to_ear_ms is s.mouth_to_ear_marks is None for s in sessions)
     assert all(row.mouth_to_ear_n == 0 for row in result.samples)
+
+
+def counting(session: Any) -> bool:
+    """Whether the session's connection only counts what it receives (agent.patches.receiver's
+    count_only leaves its mark on the connection: its own transceiver factory)."""
+    return "_RTCPeerConnection__createTransceiver" in vars(session.pc)
+
+
+async def test_only_the_measured_connections_are_decoded(devserver: Any, tmp_path: Path) -> None:
+    """--mouth-to-ear 1 in a mesh of three, pre-encoded: each participant decodes the audio of
+    one connection (where it finds the marks); its other connection only counts its RTP."""
+    plan = LoadPlan(
+        url=devserver.url,
+        meetings=1,
+        peers_per_meeting=3,
+        duration=5.0,
+        report_dir=tmp_path,
+        ramp=20.0,
+        admin_key=devserver.admin_key,
+        ice_host_addresses=("127.0.0.1",),
+        mouth_to_ear=1,
+    )
+    async with make_http_client() as http:
+        identities = await provision(plan, http)
+    worker = LoadWorker(plan, identities, state_dir=tmp_path / "state")
+    run = asyncio.create_task(worker.run(time.time()))
+
+    def connected_sessions() -> list[list[PeerSession]]:
+        found = []
+        for running in worker.running:
+            manager = running.participant.manager
+            sessions = list(manager.sessions.values()) if manager is not None else []
+            found.append([s for s in sessions if s.state is PeerState.CONNECTED])
+        return found
+
+    async def everyone_connected() -> bool:
+        found = connected_sessions()
+        return len(found) == 3 and all(len(sessions) == 2 for sessions in found)
+
+    async with asyncio.timeout(30):
+        await poll_until(everyone_connected)
+    for running, sessions in zip(worker.running, connected_sessions(), strict=True):
+        (measured,) = running.ears.detectors
+        assert [counting(s) for s in sessions] == [s is not measured for s in sessions]
+    result = await run
+
+    by_name = {p.name: p for p in result.participants}
+    for running in worker.running:
+        figures = by_name[running.identity.name].sessions
+        assert all(s.packets_received > 0 for s in figures)  # audio flowed to both
+        heard = [s for s in figures if s.mouth_to_ear_marks]
+        assert len(heard) == 1 and 0 < heard[0].mouth_to_ear_ms < LOOPBACK_MAX_MS, figures

@@ -132,16 +132,25 @@ class WorkerResult:
 
 
 class _Ears:
-    """One participant's mouth-to-ear detectors: for up to `limit` of the connections it receives
-    audio on (the first whose audio arrives), every detector of each (an ICE restart's new
-    connection brings a new track)."""
+    """One participant's mouth-to-ear detectors: for up to `limit` of the sessions it receives
+    audio on (the first to connect, or with decoded media the first whose audio arrives), every
+    detector of each (an ICE restart's new connection brings a new track)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.detectors: dict[PeerSession, list[MarkDetector]] = {}
 
+    def claim(self, session: PeerSession) -> bool:
+        """Whether `session` is (now) one of those measured: the first `limit` to ask are."""
+        if session in self.detectors:
+            return True
+        if len(self.detectors) >= self.limit:
+            return False
+        self.detectors[session] = []
+        return True
+
     def detector_for(self, session: PeerSession) -> MarkDetector | None:
-        if session not in self.detectors and len(self.detectors) >= self.limit:
+        if not self.claim(session):
             return None
         detector = MarkDetector()
         self.detectors.setdefault(session, []).append(detector)
@@ -278,7 +287,9 @@ class LoadWorker:
                 retry=RetryPolicy(max_attempts=8, max_delay=5.0),
             )
         )
-        decode = plan.media == "full" or (plan.media == "preencoded" and plan.marks)
+        decode = plan.media == "full"
+        ears = _Ears(plan.mouth_to_ear if plan.marks else 0)
+        measure = plan.media == "preencoded" and plan.marks and ears.limit > 0
         hub = identity.hub_user_id
         call_filter: Callable[[ActiveSession], bool] | None = None
         if hub is not None:
@@ -292,19 +303,19 @@ class LoadWorker:
             session=SessionSettings(
                 session_timeout=plan.connect_timeout,
                 media_timeout=math.inf if plan.media == "none" else 10.0,
-                # preencoded: received RTP is counted (getStats), not decoded; unless this
-                # participant measures mouth to ear (decoding is chosen per participant)
+                # preencoded: received RTP is counted (getStats), not decoded, but on the
+                # sessions this participant measures mouth to ear on (chosen per session)
                 decode_media=decode,
+                decode_media_for=ears.claim if measure else None,
                 quality_observer=self._quality_measured,
             ),
         )
         stop = asyncio.Event()
-        ears = _Ears(plan.mouth_to_ear if plan.marks else 0)
         participant = Participant(
             api,
             settings,
             local_tracks=self._local_tracks,
-            on_track=functools.partial(self._on_track, ears) if decode else None,
+            on_track=functools.partial(self._on_track, ears) if decode or measure else None,
         )
         running = _Running(identity, participant, stop, ears)
         running.task = tasks.create_task(self._run_one(running))
@@ -326,13 +337,13 @@ class LoadWorker:
 
     def _on_track(
         self, ears: _Ears, session: PeerSession, track: MediaStreamTrack
-    ) -> Coroutine[Any, Any, None]:
+    ) -> Coroutine[Any, Any, None] | None:
         detector = ears.detector_for(session) if track.kind == "audio" else None
         if detector is not None:
             return self._measure(detector, track)
         if self.plan.media == "full":
             return ReceivedMedia().consume(track)  # decodes every frame, like a real participant
-        return _drain(track)  # decoded for a participant that measures other connections
+        return None  # a counting session's track: nothing to read
 
     async def _measure(self, detector: MarkDetector, track: MediaStreamTrack) -> None:
         """Read `track` to its end through `detector` (every frame decoded)."""
@@ -523,13 +534,6 @@ def _session_result(s: PeerSession, ears: _Ears) -> SessionResult:
         mouth_to_ear_marks=marks,
         mouth_to_ear_missed=missed,
     )
-
-
-async def _drain(track: MediaStreamTrack) -> None:
-    """Read a track to its end, keeping nothing (aiortc queues what nobody reads)."""
-    with contextlib.suppress(MediaStreamError):
-        while True:
-            await track.recv()
 
 
 def _rounded(figures: dict[str, Any]) -> dict[str, Any]:
