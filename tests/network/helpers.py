@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import struct
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from agent.convex import ConvexClient, RetryPolicy, TokenSource
 from agent.media.sources import testsrc_track, tone_track
+from agent.network import ImpairedLink
+from agent.network.forward import TcpForwarder
 from agent.peer.participant import Participant, ParticipantSettings
 from agent.peer.session import PeerSession, PeerState, SessionSettings
 from agent.signaling.api import ConnvoApi
@@ -268,3 +272,55 @@ async def run_agent(
                         await end.stop.wait()
     finally:
         await client.aclose()
+
+
+# --- processes in the sides of a link ------------------------------------------------------------
+
+
+class JsonLinesProcess:
+    """A process in one side of a link (peer_proc.py, bench/network_quality.py's ends), spoken to
+    in JSON lines: one object a line each way; end of its stdin tells it to leave."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def receive(self, key: str) -> Any:
+        """The value of `key` in the next line that has it (lines without it are passed over)."""
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            message = json.loads(line)
+            if key in message:
+                return message[key]
+        raise AssertionError(
+            f"the process exited (code {await self.process.wait()}) before {key!r}"
+        )
+
+    async def status(self) -> dict[str, Any]:
+        await self.send({"status": True})
+        status: dict[str, Any] = await self.receive("status")
+        return status
+
+    async def leave(self, timeout_s: float = 10.0) -> None:
+        """Close its stdin and wait for it to exit; kill it if it has not within `timeout_s`."""
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.process.wait()
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def backend_in_both_sides(link: ImpairedLink, url: str) -> AsyncIterator[None]:
+    """The backend at `url` (on the host's loopback) reachable at the same address in both sides
+    of `link` (TcpForwarders: signalling is not impaired)."""
+    host, port = url.removeprefix("http://").split(":")
+    async with TcpForwarder(link.a, (host, int(port))), TcpForwarder(link.b, (host, int(port))):
+        yield

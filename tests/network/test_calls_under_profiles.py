@@ -12,12 +12,11 @@ and no buffer or queue on either end may grow past its bound while the link is b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,9 @@ import pytest
 
 from agent.devserver.process import DevServerProcess
 from agent.network import LANES, ImpairedLink
-from agent.network.forward import TcpForwarder
 from agent.network.link import ADDRESSES
 from agent.peer.ice import restrict_host_addresses
-from tests.network.helpers import AgentEnd, run_agent
+from tests.network.helpers import AgentEnd, JsonLinesProcess, backend_in_both_sides, run_agent
 from tests.support.devserver import unique
 from tests.support.waiting import poll_until
 
@@ -78,46 +76,7 @@ def agent_ice_on_side_a() -> Iterator[None]:
     restrict_host_addresses(None)
 
 
-class PeerEnd:
-    """The plain aiortc peer's process, spoken to in JSON lines."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def receive(self, key: str) -> Any:
-        assert self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            message = json.loads(line)
-            if key in message:
-                return message[key]
-        raise AssertionError(f"the peer exited (code {await self.process.wait()}) before {key!r}")
-
-    async def status(self) -> dict[str, Any]:
-        await self.send({"status": True})
-        status: dict[str, Any] = await self.receive("status")
-        return status
-
-    async def leave(self) -> None:
-        if self.process.stdin is not None and not self.process.stdin.is_closing():
-            self.process.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self.process.wait()
-
-
-@contextlib.asynccontextmanager
-async def backend_in_both_sides(link: ImpairedLink, url: str) -> AsyncIterator[None]:
-    host, port = url.removeprefix("http://").split(":")
-    async with TcpForwarder(link.a, (host, int(port))), TcpForwarder(link.b, (host, int(port))):
-        yield
-
-
-async def heard_both(agent: AgentEnd, peer: PeerEnd) -> bool:
+async def heard_both(agent: AgentEnd, peer: JsonLinesProcess) -> bool:
     if not (agent.audio_at and agent.video_at):
         return False
     status = await peer.status()
@@ -150,7 +109,7 @@ async def test_a_call_under_the_profile(
         process = await link.b.python(
             PEER, "connvo", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        peer = PeerEnd(process)
+        peer = JsonLinesProcess(process)
         await peer.send(
             {
                 "url": backend.url,

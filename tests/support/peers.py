@@ -81,6 +81,7 @@ class RemotePeer:
         ignore_answers: int = 0,
         certificate: SharedCertificate | None = None,
         on_audio: Callable[[Any], None] | None = None,
+        on_video: Callable[[Any], None] | None = None,
     ) -> None:
         self.url = url
         self.meeting_id = meeting_id
@@ -96,6 +97,8 @@ class RemotePeer:
         self.decode = decode
         # Called with every decoded audio frame received (an av.AudioFrame)
         self.on_audio = on_audio
+        # Called with every decoded video frame received (an av.VideoFrame)
+        self.on_video = on_video
         self._rtp_of_closed = 0  # RTP received by connections already replaced or closed
         # The DTLS certificate of the first connection (a replacement makes its own, as a
         # browser's ICE restart needs a new fingerprint); None: aiortc makes one per connection.
@@ -410,6 +413,8 @@ class RemotePeer:
                     self.received.audio_frames += 1
                     self.received.audio.set()
                 else:
+                    if self.on_video is not None:
+                        self.on_video(frame)
                     self.received.video_frames += 1
                     self.received.video.set()
 
