@@ -123,6 +123,20 @@ The patches, by name:
   one every 300 ms.
 - Fallback: aiortc's NACKs and video jitter buffer.
 
+**`video_nack_prompt`** (`agent.patches.nack_prompt`; aiortc 1.16.0)
+
+- Replaces `aiortc.rtcrtpsender.RTCRtpSender._handle_rtcp_packet` and
+  `aiortc.rtcdtlstransport.RTCDtlsTransport._send_rtp` (both wrapped: every packet still goes
+  through aiortc's).
+- Why: the remote end may be a plain aiortc receiver, which asks again for a missing video packet
+  only when a later gap appears: after a lost NACK or retransmission on a link that then runs
+  clean, its video stalls for 10 s or more. After a NACK, once the receiver has been quiet for
+  250 ms, the agent's video sender sends two packets of one frame in swapped order; the gap makes
+  the receiver list every packet it still misses, and those are retransmitted. A NACK naming only
+  the swapped packet stops the prompts (the receiver misses nothing else), as does 2 s without a
+  NACK naming a missing packet. The cost is a packet a few milliseconds late per prompt.
+- Fallback: aiortc's sender; a plain aiortc receiver can stall after a loss burst.
+
 Not a patch, and never installed: `agent.patches.observe.watch_jitter_buffer(receiver, ...)`
 (aiortc 1.16.0) dates the frames one receiver's private jitter buffer takes in and releases,
 changing nothing it does. Measurement code calls it per receiver (`JitterBufferWatch`).
@@ -135,7 +149,16 @@ import logging
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from agent.patches import certificate, descriptions, ice, player, receiver, recovery, sender
+from agent.patches import (
+    certificate,
+    descriptions,
+    ice,
+    nack_prompt,
+    player,
+    receiver,
+    recovery,
+    sender,
+)
 from agent.patches._patch import VERIFIED_VERSIONS, Patch
 
 __all__ = [
@@ -165,6 +188,7 @@ PATCHES: Mapping[str, Patch] = MappingProxyType(
             player.ONE_STREAM_PLAYER,
             recovery.AUDIO_JITTER_BUFFER,
             recovery.VIDEO_LOSS_RECOVERY,
+            nack_prompt.VIDEO_NACK_PROMPT,
         )
     }
 )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+import aiortc.rtcdtlstransport
 import aiortc.rtcpeerconnection
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
@@ -103,7 +104,17 @@ AT_WORK: dict[str, tuple[Callable[[Call], bool], Callable[[Call], bool]]] = {
         ),
         lambda c: type(_peer_receiver(c, "video")._RTCRtpReceiver__nack_generator) is NackGenerator,
     ),
+    # prompts start only after a NACK (none on loopback): the senders' RTP goes through the
+    # patch's wrapper, or straight to aiortc's (tests/patches/test_nack_prompt.py: the prompts)
+    "video_nack_prompt": (
+        lambda c: _send_rtp_module() == "agent.patches.nack_prompt",
+        lambda c: _send_rtp_module() == "aiortc.rtcdtlstransport",
+    ),
 }
+
+
+def _send_rtp_module() -> str:
+    return str(aiortc.rtcdtlstransport.RTCDtlsTransport._send_rtp.__module__)
 
 
 def _ice_connection(call: Call) -> aioice.ice.Connection:

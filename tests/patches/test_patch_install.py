@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aioice.ice
+import aiortc.rtcdtlstransport
 import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
@@ -36,6 +37,14 @@ TARGETS = {
     "aiortc.rtcpeerconnection.RTCCertificate": (aiortc.rtcpeerconnection, "RTCCertificate"),
     "aiortc.rtcrtpsender.RTCRtpSender._run_rtp": (aiortc.rtcrtpsender.RTCRtpSender, "_run_rtp"),
     "aiortc.rtcrtpreceiver.threading": (aiortc.rtcrtpreceiver, "threading"),
+    "aiortc.rtcrtpsender.RTCRtpSender._handle_rtcp_packet": (
+        aiortc.rtcrtpsender.RTCRtpSender,
+        "_handle_rtcp_packet",
+    ),
+    "aiortc.rtcdtlstransport.RTCDtlsTransport._send_rtp": (
+        aiortc.rtcdtlstransport.RTCDtlsTransport,
+        "_send_rtp",
+    ),
 }
 
 
@@ -108,6 +117,12 @@ TARGET_PATHS = {
     "aiortc.rtcpeerconnection.RTCCertificate": "aiortc.rtcpeerconnection.RTCCertificate",
     "aiortc.rtcrtpsender.RTCRtpSender._run_rtp": "aiortc.rtcrtpsender:RTCRtpSender._run_rtp",
     "aiortc.rtcrtpreceiver.threading": "aiortc.rtcrtpreceiver.threading",
+    "aiortc.rtcrtpsender.RTCRtpSender._handle_rtcp_packet": (
+        "aiortc.rtcrtpsender:RTCRtpSender._handle_rtcp_packet"
+    ),
+    "aiortc.rtcdtlstransport.RTCDtlsTransport._send_rtp": (
+        "aiortc.rtcdtlstransport:RTCDtlsTransport._send_rtp"
+    ),
 }
 
 
