@@ -22,8 +22,10 @@ it. The detectors' CPU time (thread time around each frame fed) gives their cost
 after the calls, one detector alone is fed 60 s of decoded-looking frames (48 kHz stereo s16,
 noise) at the default MarkSchedule and at this bench's, its thread time per frame.
 
-The agent's patches to aiortc (agent.patches) are installed for both sides, as in every bench: they
-change only pumped tracks (side A's) and count-only receivers (none here).
+The agent's patches to aiortc (agent.patches) are installed in this process, so both receivers
+here have the agent's audio jitter buffer (`audio_jitter_buffer`), which on a link without loss
+delays as aiortc's own does; bench/network_quality.py measures plain aiortc receivers, in
+processes of their own, beside the agent's.
 """
 
 from __future__ import annotations

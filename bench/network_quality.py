@@ -7,7 +7,8 @@ Per profile (`--network`, repeatable; all four by default), two calls across one
 (docs/network.md), one after the other, each end a process of its own in its side:
 
 - call "agent": side A is the agent (a Participant, agent.patches installed, sending
-  MarkedPreencodedAudio("tone") through its packet pump and a test pattern), side B a plain aiortc
+  MarkedPreencodedAudio("tone") through its packet pump, and aiortc's test video, 640x480 at 30
+  frames a second, as the plain peers do: only the stacks differ), side B a plain aiortc
   peer (tests.support.peers.RemotePeer, no patches, sending marked 48 kHz silence encoded by
   aiortc's sender, and aiortc's own test video);
 - call "aiortc": both sides plain aiortc peers, as side B above.
@@ -179,11 +180,10 @@ async def end_main(kind: str) -> None:
 
 
 async def agent_end(config: dict[str, Any], hearing: Hearing, converse: Any) -> None:
-    from aiortc.mediastreams import MediaStreamError
+    from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
 
     from agent.convex import ConvexClient, RetryPolicy, TokenSource
     from agent.media.marks import MarkedPreencodedAudio, MarkSchedule
-    from agent.media.sources import testsrc_track
     from agent.patches import install
     from agent.peer.participant import Participant, ParticipantSettings
     from agent.peer.session import PeerState, SessionSettings
@@ -213,7 +213,8 @@ async def agent_end(config: dict[str, Any], hearing: Hearing, converse: Any) -> 
     participant = Participant(
         ConnvoApi(client),
         settings,
-        local_tracks=lambda: [audio.track(), testsrc_track()],
+        # the same video as the plain peers send (aiortc's test video): only the stacks differ
+        local_tracks=lambda: [audio.track(), VideoStreamTrack()],
         on_track=consume,
     )
 
