@@ -131,10 +131,11 @@ The patches, by name:
 - Why: the remote end may be a plain aiortc receiver, which asks again for a missing video packet
   only when a later gap appears: after a lost NACK or retransmission on a link that then runs
   clean, its video stalls for 10 s or more. After a NACK, once the receiver has been quiet for
-  250 ms, the agent's video sender sends two packets of one frame in swapped order; the gap makes
+  250 ms, the agent's video sender sends two consecutive packets in swapped order; the gap makes
   the receiver list every packet it still misses, and those are retransmitted. A NACK naming only
   the swapped packet stops the prompts (the receiver misses nothing else), as does 2 s without a
-  NACK naming a missing packet. The cost is a packet a few milliseconds late per prompt.
+  NACK naming a missing packet. The cost is one packet late per prompt (by a frame interval at
+  most: it leaves right after the next one).
 - Fallback: aiortc's sender; a plain aiortc receiver can stall after a loss burst.
 
 Not a patch, and never installed: `agent.patches.observe.watch_jitter_buffer(receiver, ...)`

@@ -7,8 +7,8 @@ no later gap comes: its jitter buffer holds every later frame until 512 packets 
 by themselves (patch `video_loss_recovery`), but a plain aiortc peer is not the agent's to change.
 
 Patch `video_nack_prompt` works from the sending end. After a video sender is asked for packets
-(a NACK), once the receiver has been quiet for PROMPT_INTERVAL_S it sends two packets of one
-frame in swapped order: the later one first. The receiver sees a gap, and a receiver that NACKs
+(a NACK), once the receiver has been quiet for PROMPT_INTERVAL_S it sends two consecutive packets
+in swapped order: the later one first. The receiver sees a gap, and a receiver that NACKs
 on a gap (aiortc's does at once) lists every packet it still misses; the sender answers as usual,
 with retransmissions. A NACK naming nothing but the swapped packet says the receiver misses
 nothing else: the prompts stop until the next real NACK. They also stop PROMPT_WINDOW_S after the
@@ -16,8 +16,11 @@ last NACK that named a missing packet. The cost is one packet a few milliseconds
 and a retransmission of it where the receiver asks; a receiver that waits for reordering before
 it NACKs (a browser) just sees the two packets swapped.
 
-Only packets with the marker bit clear are held back: another packet of the same frame follows at
-once (aiortc's sender sends a frame's packets back to back), so nothing waits on a timer.
+The packet held back leaves right after the sender's next one, with no timer: within a frame that
+is at once (aiortc's sender sends a frame's packets back to back), after a frame's last packet it
+is the next frame's first (a frame interval later; aiortc's own test video is one packet a frame).
+A held packet that never leaves (the stream ended) was already in the sender's history: a NACK
+for it is answered.
 """
 
 from __future__ import annotations
@@ -69,11 +72,7 @@ class NackPrompter:
             self._held = None
             return [packet, held]
         now = self._clock()
-        if (
-            now < self._until
-            and now - self._quiet_since >= PROMPT_INTERVAL_S
-            and not packet[1] & 0x80  # not a frame's last packet: another follows at once
-        ):
+        if now < self._until and now - self._quiet_since >= PROMPT_INTERVAL_S:
             self._held = packet
             self._prompted.append(int.from_bytes(packet[2:4], "big"))
             self._quiet_since = now
@@ -143,7 +142,7 @@ VIDEO_NACK_PROMPT = Patch(
         "a plain aiortc receiver asks again for a missing video packet only when a later gap "
         "appears, so after a lost NACK or retransmission on a link that then runs clean its "
         "video stalls for 10 s or more. After a NACK, the agent's video senders swap two "
-        "packets of a frame once the receiver goes quiet: the gap makes it list what it still "
+        "consecutive packets once the receiver goes quiet: the gap makes it list what it still "
         "misses, which is then retransmitted."
     ),
     fallback="aiortc's sender: a plain aiortc receiver may stall after a loss burst.",

@@ -7,6 +7,7 @@ tests/network/test_calls_under_profiles.py check the same end to end, over an im
 
 from __future__ import annotations
 
+import pytest
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
 
@@ -43,12 +44,18 @@ class Receiver:
 
 
 def send_frames(
-    prompter: NackPrompter, receiver: Receiver, first: int, frames: int, clock: Clock
+    prompter: NackPrompter,
+    receiver: Receiver,
+    first: int,
+    frames: int,
+    clock: Clock,
+    packets_per_frame: int = 2,
 ) -> int:
-    """`frames` frames of two packets each from sequence number `first`, 50 ms apart."""
+    """`frames` frames of `packets_per_frame` packets each from sequence number `first`, 50 ms
+    apart."""
     sequence_number = first
     for _ in range(frames):
-        for last in (False, True):
+        for last in [False] * (packets_per_frame - 1) + [True]:
             for data in prompter.route(rtp(sequence_number, last_of_frame=last)):
                 receiver.receive(data)
             sequence_number += 1
@@ -56,7 +63,10 @@ def send_frames(
     return sequence_number
 
 
-def test_a_hole_whose_nack_was_lost_is_asked_for_again_after_a_prompt() -> None:
+@pytest.mark.parametrize("packets_per_frame", [1, 2])
+def test_a_hole_whose_nack_was_lost_is_asked_for_again_after_a_prompt(
+    packets_per_frame: int,
+) -> None:
     clock, receiver = Clock(), Receiver()
     prompter = NackPrompter(clock)
     next_seq = send_frames(prompter, receiver, 0, 2, clock)  # 0..3 arrive
@@ -66,11 +76,11 @@ def test_a_hole_whose_nack_was_lost_is_asked_for_again_after_a_prompt() -> None:
     # the sender had been asked for an earlier packet (the burst's other losses)
     prompter.nacked([2])
     # the link runs clean: without a prompt aiortc's receiver would never ask again
-    next_seq = send_frames(prompter, receiver, 6, 20, clock)
+    next_seq = send_frames(prompter, receiver, 6, 20, clock, packets_per_frame)
     assert prompter.prompts >= 1
     prompted_nacks = receiver.nacks[1:]
     assert prompted_nacks and all(4 in nack for nack in prompted_nacks)
-    # each prompt is a swapped pair: every packet arrived, the frame's first one just late
+    # each prompt is a swapped pair: every packet arrived (the last one held is still held)
     assert receiver.generator.missing == {4}
     assert receiver.generator.max_seq == next_seq - 1
 
@@ -99,9 +109,9 @@ def test_prompts_wait_for_quiet_and_end_with_the_window() -> None:
     assert prompter.route(first) == [first]  # a NACK just came: the receiver is asking anyway
     clock.now += PROMPT_INTERVAL_S
     last = rtp(2, last_of_frame=True)
-    assert prompter.route(last) == [last]  # a frame's last packet is never held
-    assert prompter.route(first) == []  # held ...
-    second = rtp(2, last_of_frame=True)
-    assert prompter.route(second) == [second, first]  # ... and sent right after the next one
+    assert prompter.route(last) == []  # held (a frame's last packet, as in one-packet frames) ...
+    next_frame = rtp(3, last_of_frame=True)
+    assert prompter.route(next_frame) == [next_frame, last]  # ... and sent after the next one
+    assert prompter.route(first) == [first]  # quiet again only PROMPT_INTERVAL_S from now
     clock.now += PROMPT_WINDOW_S
     assert prompter.route(first) == [first]  # the window is over
