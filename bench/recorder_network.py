@@ -1,7 +1,7 @@
 """The recorder on impaired links: duration error and audio/video offset after a long recording.
 
     scripts/isolated .venv/bin/python bench/recorder_network.py [--minutes 10] \
-        [--profiles good,mobile,bad] [--json FILE]
+        [--network good --network mobile ... | --profiles good,mobile,bad] [--json FILE]
 
 For each profile, one after the other in one run (the same machine, the same build): a plain
 aiortc sender (tests/media/recording_peer.py, in side B of an ImpairedLink) sends `--minutes` of
@@ -95,13 +95,21 @@ def cell(value: Any, digits: int = 2) -> str:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--profiles", default="good,mobile,bad")
+    parser.add_argument(
+        "--network",
+        action="append",
+        metavar="PROFILE",
+        help="a network profile, as the other benches take it (repeatable)",
+    )
+    parser.add_argument(
+        "--profiles", default="good,mobile,bad", help="the profiles, comma-separated"
+    )
     parser.add_argument("--json", type=Path, default=None, help="Write the figures here too.")
     args = parser.parse_args()
-    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    profiles = args.network or [p.strip() for p in args.profiles.split(",") if p.strip()]
     unknown = [p for p in profiles if p not in PROFILE_NAMES]
     if unknown or args.minutes <= 0:
-        print(f"recorder_network: bad --profiles or --minutes: {unknown or args.minutes}")
+        print(f"recorder_network: bad --network or --minutes: {unknown or args.minutes}")
         return 2
     seconds = args.minutes * 60
     rows = []
