@@ -292,18 +292,23 @@ class SessionManager:
 
         Returns whether the other participants' sessions changed since the previous call.
         """
+        asked_at = time.monotonic()
         active = await self.api.get_active_sessions(self.local.meeting_id)
         others = [a for a in active if a.userId != self.local.user_id]
         present = {a.sessionId for a in others}
         seen = self._seen_active
         changed = seen is None or present != seen
-        for session_id in list(self.sessions):
-            if seen is not None and session_id in seen and session_id not in present:
-                session = self.sessions.get(session_id)
-                if session is not None:
-                    log.info("%s: the remote left", session)
-                    assert self._tasks is not None
-                    self._tasks.create_task(session.close("remote left"))
+        for session_id, ours in list(self.sessions.items()):
+            # Gone from the list: it was listed before, or its session began before this read
+            # (a remote's row exists before its first signal, so a read made after that signal
+            # lists it until it closes). A session that opened and closed between two reads
+            # was never seen listed; the second rule catches it.
+            if session_id not in present and (
+                (seen is not None and session_id in seen) or ours.created_at < asked_at
+            ):
+                log.info("%s: the remote left", ours)
+                assert self._tasks is not None
+                self._tasks.create_task(ours.close("remote left"))
         self._seen_active = present
         for session_id in [k for k in self._calls if k not in present]:
             del self._calls[session_id]  # no longer listed: nothing more to call

@@ -18,7 +18,7 @@ from agent.peer.session import LocalIdentity, PeerState
 from agent.signaling.api import ConnvoApi
 from tests.agent.conftest import Meeting, make_meeting
 from tests.agent.test_negotiation import TIMEOUT, applied_once, media_both_ways
-from tests.support.peers import split_candidates
+from tests.support.peers import SIGNALING, split_candidates
 from tests.support.waiting import POLL_INTERVAL_S, poll_until
 
 
@@ -429,3 +429,24 @@ class _CallTimes:
 
     def gaps(self) -> list[float]:
         return [b - a for a, b in itertools.pairwise(self.times)]
+
+
+async def test_a_remote_that_closed_before_it_was_ever_listed_is_dropped(
+    meeting: Meeting, agent_factory
+) -> None:
+    """The remote's session opens, calls the agent and closes its row, all between two of the
+    agent's reads of the active sessions (a page that left a second after joining): it was never
+    seen listed, and the next read drops it, as one seen listed before would be."""
+    agent = await agent_factory(meeting, discovery_first_interval=600.0, discovery_interval=600.0)
+    async with meeting.peer("alice") as alice:
+        await alice.offer(meeting.users["bot"])
+        await media_both_ways(agent, alice)
+        session = agent.session(alice.session_id)
+        await alice.call(
+            f"{SIGNALING}/closeSession", meetingId=meeting.id, sessionId=alice.session_id
+        )
+        await agent.manager.discover_once()
+        async with asyncio.timeout(TIMEOUT):
+            await session.closed.wait()
+        assert session.close_reason == "remote left"
+        assert alice.session_id not in agent.manager.sessions
