@@ -12,9 +12,9 @@ in swapped order: the later one first. The receiver sees a gap, and a receiver t
 on a gap (aiortc's does at once) lists every packet it still misses; the sender answers as usual,
 with retransmissions. A NACK naming nothing but the swapped packet says the receiver misses
 nothing else: the prompts stop until the next real NACK. They also stop PROMPT_WINDOW_S after the
-last NACK that named a missing packet. The cost is one packet a few milliseconds late per prompt,
-and a retransmission of it where the receiver asks; a receiver that waits for reordering before
-it NACKs (a browser) just sees the two packets swapped.
+last NACK that named a missing packet. The cost is one packet late per prompt (by a frame
+interval at most, see below), and a retransmission of it where the receiver asks; a receiver
+that waits for reordering before it NACKs (a browser) just sees the two packets swapped.
 
 The packet held back leaves right after the sender's next one, with no timer: within a frame that
 is at once (aiortc's sender sends a frame's packets back to back), after a frame's last packet it
