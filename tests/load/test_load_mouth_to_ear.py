@@ -60,22 +60,29 @@ def test_a_load_run_measures_mouth_to_ear(devserver: Any, tmp_path: Path, media:
     assert f"p50 {m['p50']:g} ms" in page[line:]
 
 
-async def test_off_means_no_marks_and_nothing_decoded(devserver: Any, tmp_path: Path) -> None:
-    """--mouth-to-ear 0: plain pre-encoded audio, counting receivers, no detector, null fields."""
+async def provisioned_worker(
+    devserver: Any, tmp_path: Path, *, peers: int, duration: float, mouth_to_ear: int
+) -> LoadWorker:
+    """A load worker for one meeting of `peers` on loopback, its identities provisioned."""
     plan = LoadPlan(
         url=devserver.url,
         meetings=1,
-        peers_per_meeting=2,
-        duration=1.0,
+        peers_per_meeting=peers,
+        duration=duration,
         report_dir=tmp_path,
         ramp=20.0,
         admin_key=devserver.admin_key,
         ice_host_addresses=("127.0.0.1",),
-        mouth_to_ear=0,
+        mouth_to_ear=mouth_to_ear,
     )
     async with make_http_client() as http:
         identities = await provision(plan, http)
-    worker = LoadWorker(plan, identities, state_dir=tmp_path / "state")
+    return LoadWorker(plan, identities, state_dir=tmp_path / "state")
+
+
+async def test_off_means_no_marks_and_nothing_decoded(devserver: Any, tmp_path: Path) -> None:
+    """--mouth-to-ear 0: plain pre-encoded audio, counting receivers, no detector, null fields."""
+    worker = await provisioned_worker(devserver, tmp_path, peers=2, duration=1.0, mouth_to_ear=0)
     result = await worker.run(time.time())
 
     for running in worker.running:
@@ -98,20 +105,7 @@ def counting(session: Any) -> bool:
 async def test_only_the_measured_connections_are_decoded(devserver: Any, tmp_path: Path) -> None:
     """--mouth-to-ear 1 in a mesh of three, pre-encoded: each participant decodes the audio of
     one connection (where it finds the marks); its other connection only counts its RTP."""
-    plan = LoadPlan(
-        url=devserver.url,
-        meetings=1,
-        peers_per_meeting=3,
-        duration=5.0,
-        report_dir=tmp_path,
-        ramp=20.0,
-        admin_key=devserver.admin_key,
-        ice_host_addresses=("127.0.0.1",),
-        mouth_to_ear=1,
-    )
-    async with make_http_client() as http:
-        identities = await provision(plan, http)
-    worker = LoadWorker(plan, identities, state_dir=tmp_path / "state")
+    worker = await provisioned_worker(devserver, tmp_path, peers=3, duration=5.0, mouth_to_ear=1)
     run = asyncio.create_task(worker.run(time.time()))
 
     def connected_sessions() -> list[list[PeerSession]]:
