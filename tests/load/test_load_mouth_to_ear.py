@@ -18,6 +18,7 @@ from agent.roles.load.plan import LoadPlan
 from agent.roles.load.provision import provision
 from agent.roles.load.worker import LoadWorker
 from tests.load.test_load import load
+from tests.support.peers import RemotePeer
 from tests.support.waiting import poll_until
 
 LOOPBACK_MAX_MS = 500  # loopback adds next to nothing: encoder, jitter buffer, decoder
@@ -133,3 +134,21 @@ async def test_only_the_measured_connections_are_decoded(devserver: Any, tmp_pat
         assert all(s.packets_received > 0 for s in figures)  # audio flowed to both
         heard = [s for s in figures if s.mouth_to_ear_marks]
         assert len(heard) == 1 and 0 < heard[0].mouth_to_ear_ms < LOOPBACK_MAX_MS, figures
+
+
+async def test_a_measured_connection_reads_the_video_it_decodes(
+    devserver: Any, tmp_path: Path
+) -> None:
+    """A person with a camera in a pre-encoded run: the connection measured mouth to ear decodes
+    all it receives, so its video is read as well (aiortc queues the frames nobody reads)."""
+    worker = await provisioned_worker(devserver, tmp_path, peers=2, duration=3.0, mouth_to_ear=1)
+    person = worker.identities.pop()  # not a load participant: a peer sending audio and video
+    async with RemotePeer(
+        devserver.url, person.token, person.meeting_id, person.user_id, video=True
+    ) as peer:
+        result = await worker.run(time.time())
+    assert peer.connected.is_set()
+
+    ((session,),) = [p.sessions for p in result.participants]
+    assert session.mouth_to_ear_marks is not None  # the measured connection
+    assert session.quality["inbound"]["video_frames"] > 0, session.quality["inbound"]

@@ -343,6 +343,8 @@ class LoadWorker:
             return self._measure(detector, track)
         if self.plan.media == "full":
             return ReceivedMedia().consume(track)  # decodes every frame, like a real participant
+        if session in ears.detectors:
+            return _drain(track)  # decoded for its audio's marks: the rest is read too
         return None  # a counting session's track: nothing to read
 
     async def _measure(self, detector: MarkDetector, track: MediaStreamTrack) -> None:
@@ -534,6 +536,13 @@ def _session_result(s: PeerSession, ears: _Ears) -> SessionResult:
         mouth_to_ear_marks=marks,
         mouth_to_ear_missed=missed,
     )
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    """Read a track to its end, keeping nothing (aiortc queues what nobody reads)."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
 
 
 def _rounded(figures: dict[str, Any]) -> dict[str, Any]:
